@@ -1,0 +1,42 @@
+"""Attention variants: one registry, one class per formulation (see SPEC section 3).
+
+Adding a variant: write a small :class:`AttentionVariant` subclass decorated with
+``@register_variant`` in ``variants.py`` (or any module imported here) and a YAML file in
+``conf/attention/`` naming it.
+"""
+
+from typing import Any
+
+from sysout.attention import variants as _variants  # noqa: F401  (registers the variants)
+from sysout.attention.base import (
+    IMPLEMENTATIONS,
+    AttentionVariant,
+    causal_mask,
+    causal_scores,
+    get_variant_class,
+    register_variant,
+    variant_names,
+)
+
+
+def build_variant(
+    name: str, n_head: int, n_embd: int, impl: str = "auto", **options: Any
+) -> AttentionVariant:
+    """Construct a registered variant; unknown names and options fail with the valid choices."""
+    cls = get_variant_class(name)
+    try:
+        return cls(n_head, n_embd, impl=impl, **options)
+    except TypeError as err:
+        raise ValueError(f"attention variant {name!r} rejected options {options}: {err}") from None
+
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "AttentionVariant",
+    "build_variant",
+    "causal_mask",
+    "causal_scores",
+    "get_variant_class",
+    "register_variant",
+    "variant_names",
+]

@@ -1,0 +1,297 @@
+"""The attention formulations of SPEC section 3, one small class each.
+
+Notation: per head, s = q k^T / sqrt(d) with a causal mask; o is the per-head output before the
+output projection. Learned per-head vectors are initialised N(0, 0.02) and kept out of weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sysout.attention.base import (
+    AttentionVariant,
+    causal_mask,
+    causal_scores,
+    register_variant,
+    upcast,
+)
+
+
+def _head_vectors(n_head: int, head_dim: int) -> nn.Parameter:
+    p = nn.Parameter(torch.empty(n_head, head_dim).normal_(0.0, 0.02))
+    p._no_weight_decay = True  # a learned bias, not a matmul weight
+    return p
+
+
+def _sdpa_with_leading_slot(
+    q: Tensor, k: Tensor, v: Tensor, slot_key: Tensor, slot_value: Tensor, slot_logit: Tensor | None
+) -> Tensor:
+    """softmax([slot score, s]) [slot_value; v] with one extra key every query sees, via SDPA.
+
+    slot_key/slot_value are [H, d]; slot_logit [H] is added to the slot's score (the sink trick:
+    a zero key with additive logit z_h has score exactly z_h).
+    """
+    b, h, t, d = q.shape
+    k_all = torch.cat([slot_key.to(k.dtype)[None, :, None, :].expand(b, h, 1, d), k], dim=2)
+    v_all = torch.cat([slot_value.to(v.dtype)[None, :, None, :].expand(b, h, 1, d), v], dim=2)
+    visible = torch.cat(
+        [torch.ones(t, 1, dtype=torch.bool, device=q.device), causal_mask(t, t, q.device)], dim=1
+    )
+    if slot_logit is None:
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible)
+    bias = torch.zeros(h, t, t + 1, dtype=q.dtype, device=q.device)
+    bias[:, :, 0] = slot_logit.to(q.dtype)[:, None]
+    bias = bias.masked_fill(~visible, float("-inf"))
+    return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias[None])
+
+
+def _softmax_with_leading_logit(s: Tensor, slot: Tensor) -> Tensor:
+    """Weights of the real keys when a slot logit [B or 1, H, T, 1] joins the softmax."""
+    return torch.softmax(torch.cat([slot, s], dim=-1), dim=-1)[..., 1:]
+
+
+def _per_head(scale: Tensor, n_head: int) -> Tensor:
+    """[B, T, H] or [B, T, C] -> [B, H, T, 1] or [B, H, T, d] to multiply o."""
+    b, t, width = scale.shape
+    if width == n_head:
+        return scale.transpose(1, 2).unsqueeze(-1)
+    return scale.view(b, t, n_head, width // n_head).transpose(1, 2)
+
+
+@register_variant
+class Softmax(AttentionVariant):
+    """(a) o = softmax(s) v."""
+
+    name = "softmax"
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        return torch.softmax(causal_scores(q, k), dim=-1)
+
+
+@register_variant
+class ValueBias(Softmax):
+    """(b) o = softmax(s) v + v', one learned v' per head (added after the kernel)."""
+
+    name = "value_bias"
+
+    def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
+        super().__init__(n_head, n_embd, impl)
+        self.value_bias = _head_vectors(n_head, self.head_dim)
+
+    def finish_output(self, o: Tensor, x: Tensor) -> Tensor:
+        return o + self.value_bias.to(o.dtype)[None, :, None, :]
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return self.finish_output(super().reference(q, k, v, x), x)
+
+
+@register_variant
+class KVBias(AttentionVariant):
+    """(d) o = softmax([q k'^T / sqrt(d), s]) [v'; v]: an extra key/value slot every query sees."""
+
+    name = "kv_bias"
+
+    def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
+        super().__init__(n_head, n_embd, impl)
+        self.key_bias = _head_vectors(n_head, self.head_dim)
+        self.value_bias = _head_vectors(n_head, self.head_dim)
+
+    def slot_scores(self, q: Tensor) -> Tensor:
+        """q . k' / sqrt(d) as [B, H, T, 1] in at least float32."""
+        return torch.einsum("bhtd,hd->bht", upcast(q), upcast(self.key_bias))[..., None] / (
+            math.sqrt(self.head_dim)
+        )
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return _sdpa_with_leading_slot(q, k, v, self.key_bias, self.value_bias, None)
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        return _softmax_with_leading_logit(causal_scores(q, k), self.slot_scores(q))
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"extra_key": self.key_bias, "extra_value": self.value_bias, "extra_slot": "kv"}
+
+
+@register_variant
+class ContextBias(KVBias):
+    """(c) o = softmax(s) v + softmax([q k'^T / sqrt(d), s])[:, 0] v'.
+
+    The bias v' enters in proportion to how much the query would attend to a key k': a
+    context-aware bias that leaves the weights of the real values a plain softmax.
+    """
+
+    name = "context_bias"
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # The slot with values [v'; 0] contributes exactly p0 v'.
+        bias = _sdpa_with_leading_slot(
+            q, k, torch.zeros_like(v), self.key_bias, self.value_bias, None
+        )
+        return plain + bias
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        return torch.softmax(causal_scores(q, k), dim=-1)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"extra_key": self.key_bias, "extra_value": self.value_bias, "extra_slot": "context"}
+
+
+@register_variant
+class SinkLogit(AttentionVariant):
+    """gpt-oss sinks: o = sum_j exp(s_j) v_j / (exp(z_h) + sum_j exp(s_j)), z_h learned per head."""
+
+    name = "sink_logit"
+
+    def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
+        super().__init__(n_head, n_embd, impl)
+        self.sink_logit = nn.Parameter(torch.zeros(n_head))
+
+    def sink(self) -> Tensor:
+        return self.sink_logit
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        zero = torch.zeros(self.n_head, self.head_dim, dtype=q.dtype, device=q.device)
+        return _sdpa_with_leading_slot(q, k, v, zero, zero, self.sink())
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        s = causal_scores(q, k)
+        slot = upcast(self.sink())[None, :, None, None].expand(*s.shape[:-1], 1)
+        return _softmax_with_leading_logit(s, slot)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"sink_logit": self.sink()}
+
+
+@register_variant
+class Softmax1(SinkLogit):
+    """Off-by-one softmax: the sink logit fixed at 0, i.e. exp(s_j) / (1 + sum_j exp(s_j))."""
+
+    name = "softmax1"
+
+    def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
+        AttentionVariant.__init__(self, n_head, n_embd, impl)
+        self.register_buffer("zero_logit", torch.zeros(n_head), persistent=False)
+
+    def sink(self) -> Tensor:
+        return self.zero_logit
+
+
+@register_variant
+class Sigmoid(AttentionVariant):
+    """(f) o = sigmoid(s - log T) v with T the number of keys; no normalisation."""
+
+    name = "sigmoid"
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        s = causal_scores(q, k)
+        return torch.sigmoid(s - math.log(k.shape[-2]))  # sigmoid(-inf) = 0 on masked keys
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return torch.matmul(self.attention_weights(q, k, x), upcast(v)).to(v.dtype)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"mode": "sigmoid"}
+
+
+@register_variant
+class ClippedSoftmax(AttentionVariant):
+    """Bondarenko et al. 2023: P' = clip((zeta - gamma) softmax(s) + gamma, 0, 1), gamma = -alpha/T.
+
+    Lets a head output exact zeros without pushing logits to infinity. T is the number of keys.
+    """
+
+    name = "clipped_softmax"
+
+    def __init__(
+        self, n_head: int, n_embd: int, impl: str = "auto", zeta: float = 1.0, alpha: float = 4.0
+    ) -> None:
+        super().__init__(n_head, n_embd, impl)
+        if zeta < 1.0 or alpha < 0.0:
+            raise ValueError(f"clipped_softmax needs zeta >= 1 and alpha >= 0, got {zeta}, {alpha}")
+        self.zeta = zeta
+        self.alpha = alpha
+
+    def gamma(self, n_keys: int) -> float:
+        return -self.alpha / n_keys
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        p = torch.softmax(causal_scores(q, k), dim=-1)
+        gamma = self.gamma(k.shape[-2])
+        # Masked keys have p = 0 and gamma <= 0, so they clip to exactly 0.
+        return torch.clamp((self.zeta - gamma) * p + gamma, 0.0, 1.0)
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return torch.matmul(self.attention_weights(q, k, x), upcast(v)).to(v.dtype)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"clip": (self.zeta, self.gamma(x.shape[1]))}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, zeta={self.zeta}, alpha={self.alpha}"
+
+
+class _OutputScaled(AttentionVariant):
+    """o = scale(x) * softmax(s) v, with the scale computed from the block input x."""
+
+    def scale(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return o * _per_head(self.scale(x), self.n_head).to(o.dtype)
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        return torch.softmax(causal_scores(q, k), dim=-1)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        scale = _per_head(self.scale(x), self.n_head)
+        return {"out_scale": scale.squeeze(-1) if scale.shape[-1] == 1 else scale}
+
+
+@register_variant
+class CAScaling(_OutputScaled):
+    """(e) Context-aware scaling: o = S(x) softmax(s) v, S(x) = 2 sigmoid(x W_s + b_s) per head.
+
+    The explicit form of the implicit scaling factor that massive activations provide; S = 1 at
+    b_s = 0 and x W_s = 0.
+    """
+
+    name = "ca_scaling"
+
+    def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
+        super().__init__(n_head, n_embd, impl)
+        self.scale_proj = nn.Linear(n_embd, n_head, bias=True)
+
+    def scale(self, x: Tensor) -> Tensor:
+        return 2.0 * torch.sigmoid(self.scale_proj(x))
+
+
+@register_variant
+class Gated(_OutputScaled):
+    """Gated attention (Qwen 2025): o = sigmoid(x W_g) * softmax(s) v, per channel or per head."""
+
+    name = "gated"
+
+    def __init__(
+        self, n_head: int, n_embd: int, impl: str = "auto", gate: str = "elementwise"
+    ) -> None:
+        super().__init__(n_head, n_embd, impl)
+        if gate not in ("elementwise", "headwise"):
+            raise ValueError(f"gated attention: gate must be elementwise or headwise, got {gate!r}")
+        self.gate = gate
+        self.gate_proj = nn.Linear(n_embd, n_embd if gate == "elementwise" else n_head, bias=False)
+
+    def scale(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.gate_proj(x))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gate={self.gate}"

@@ -1,0 +1,17 @@
+from sysout.data.datamodule import TextDataModule
+from sysout.data.sources import DataSourceError, TextSource
+from sysout.data.token_cache import load_tokens
+from sysout.data.tokenizer import ENCODING, EOT_TOKEN, get_tokenizer
+from sysout.data.windows import FixedWindows, RandomWindows
+
+__all__ = [
+    "ENCODING",
+    "EOT_TOKEN",
+    "DataSourceError",
+    "FixedWindows",
+    "RandomWindows",
+    "TextDataModule",
+    "TextSource",
+    "get_tokenizer",
+    "load_tokens",
+]

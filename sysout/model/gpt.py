@@ -1,0 +1,199 @@
+"""GPT-2 in the shape of nanoGPT (same module names, so nanoGPT checkpoints load unchanged).
+
+The one difference: attention is delegated to a variant from :mod:`sysout.attention`, which owns
+its parameters (under ``transformer.h.N.attn.variant``) and its implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sysout.attention import AttentionVariant, build_variant
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    attention: str = "softmax"
+    attention_impl: str = "auto"
+    attention_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if int(getattr(self, key)) <= 0:
+                raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
+                f"choose n_head among the divisors of n_embd"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        self.attention_options = dict(self.attention_options or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.variant: AttentionVariant = build_variant(
+            config.attention,
+            config.n_head,
+            config.n_embd,
+            config.attention_impl,
+            **config.attention_options,
+        )
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Project x [B, T, C] to q, k, v of shape [B, H, T, d]."""
+        b, t, c = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        return tuple(z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = self.heads(x)
+        o = self.variant(q, k, v, x)
+        return self.resid_dropout(self.c_proj(o.transpose(1, 2).contiguous().view(b, t, c)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        # c_proj is where weight outliers live; its input (after GELU) is probed too.
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 L).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits [B, T, V] and, given targets, the mean cross-entropy (targets -1 are ignored)."""
+        _, t = idx.shape
+        if t > self.config.block_size:
+            raise ValueError(f"sequence of length {t} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1
+        )
+        return logits, loss
+
+    def load_nanogpt_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True) -> None:
+        """Load a nanoGPT checkpoint's ``model`` state dict.
+
+        Drops the ``_orig_mod.`` prefix of compiled models and the causal-mask buffers
+        (``attn.bias``) that non-flash nanoGPT versions saved.
+        """
+        cleaned = {}
+        for key, value in state_dict.items():
+            key = key.removeprefix("_orig_mod.")
+            if key.endswith(".attn.bias") and value.dim() == 4:
+                continue
+            cleaned[key] = value
+        self.load_state_dict(cleaned, strict=strict)
+
+
+def build_gpt(model: dict[str, Any], attention: dict[str, Any] | None = None) -> GPT:
+    """Build a GPT from the ``model`` and ``attention`` config groups (plain dicts)."""
+    model = {k: v for k, v in dict(model).items() if k != "name"}
+    if attention is not None:
+        attention = dict(attention)
+        model.update(
+            attention=attention.get("name", "softmax"),
+            attention_impl=attention.get("impl", "auto"),
+            attention_options=dict(attention.get("options") or {}),
+        )
+    unknown = set(model) - set(GPTConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(
+            f"unknown model config keys {sorted(unknown)}; "
+            f"valid keys: {sorted(GPTConfig.__dataclass_fields__)}"
+        )
+    return GPT(GPTConfig(**model))
