@@ -1,0 +1,43 @@
+"""Small shared helpers of the outlier-statistics package (not public API)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def abs_float(x: torch.Tensor) -> torch.Tensor:
+    """|x| in float32 (float64 inputs stay float64), detached, on x's device."""
+    x = x.detach()
+    if x.dtype != torch.float64:
+        x = x.float()
+    return x.abs()
+
+
+def median(x: torch.Tensor) -> float:
+    """Median of all elements, torch.median convention (the lower of the two middle values
+    for an even count), which is what the official massive-activations code uses."""
+    return float(torch.median(x.reshape(-1)).item()) if x.numel() else math.nan
+
+
+def safe_ratio(num: float, den: float) -> float:
+    """num / den with 0/0 -> nan and x/0 -> inf (x > 0)."""
+    if den == 0.0:
+        return math.nan if num == 0.0 else math.copysign(math.inf, num)
+    return num / den
+
+
+def fraction(numerator: int, denominator: int) -> float:
+    """numerator / denominator, NaN when the denominator is 0."""
+    return numerator / denominator if denominator else math.nan
+
+
+def index_list(mask: torch.Tensor) -> list[int]:
+    """Sorted Python ints of the True entries of a 1-D bool mask."""
+    return [int(i) for i in torch.nonzero(mask.reshape(-1)).reshape(-1).tolist()]
+
+
+def position_list(mask: torch.Tensor) -> list[tuple[int, ...]]:
+    """Row-major list of index tuples (Python ints) of the True entries of a bool mask."""
+    return [tuple(int(v) for v in row) for row in torch.nonzero(mask).tolist()]
