@@ -67,8 +67,8 @@ def load_tokens(
 
     def tokenize(batch: dict) -> dict:
         ids = enc.encode_ordinary_batch([t.replace("\r\n", "\n") for t in batch[field]])
-        if join_eot:
-            ids = [d + [EOT_TOKEN] for d in ids]
+        if join_eot:  # an empty document adds nothing, not a lone separator
+            ids = [d + [EOT_TOKEN] if d else d for d in ids]
         return {"ids": ids, "len": [len(d) for d in ids]}
 
     tokenized = docs.map(
