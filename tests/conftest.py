@@ -43,10 +43,12 @@ def compose_train(tmp_path, shared_dir, token_cache_dir):
     def _compose(*overrides: str, config_name: str = "train"):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name=config_name, return_hydra_config=True,
-                          overrides=list(overrides))
+            cfg = compose(
+                config_name=config_name, return_hydra_config=True, overrides=list(overrides)
+            )
         HydraConfig().set_config(cfg)
         with open_dict(cfg):
+            del cfg.hydra  # as in a real run, where the job config has no hydra node
             cfg.paths.output_dir = str(tmp_path)
             cfg.paths.cache_dir = str(token_cache_dir)
         return cfg

@@ -44,6 +44,7 @@ class GPTLitModule(L.LightningModule):
         x, y = batch
         _, loss = self.model(x, y)
         self.log("train/loss", loss, prog_bar=True, batch_size=x.size(0))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.size(0))
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: MeanMetric) -> None:

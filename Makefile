@@ -1,0 +1,39 @@
+# sysout: the two commands of the README are `make train` and `make test`; both install first.
+PYTHON ?= python3
+SHARED ?= $(abspath ../shared)
+export SYSOUT_SHARED_DIR ?= $(SHARED)
+export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken
+EXPERIMENT ?= quickstart
+# The paper's six formulations, (a)-(f) of SPEC section 3.
+PAPER_VARIANTS ?= softmax,value_bias,context_bias,kv_bias,ca_scaling,sigmoid
+
+.PHONY: install train sweep test test-fast lint format clean
+
+# torch first, pinned to the CPU build this machine carries: a bare `torch` requirement would
+# pull several GB of CUDA wheels. An existing torch (any build) is kept.
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==2.13.0"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+train: install
+	$(PYTHON) train.py experiment=$(EXPERIMENT) $(ARGS)
+
+sweep: install
+	$(PYTHON) train.py -m experiment=$(EXPERIMENT) attention=$(PAPER_VARIANTS) $(ARGS)
+
+test: install
+	$(PYTHON) -m pytest -v --durations=15 $(ARGS)
+
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
+
+clean:
+	rm -rf outputs multirun .cache .pytest_cache .ruff_cache
