@@ -1,4 +1,5 @@
 from sysout.data.datamodule import TextDataModule
+from sysout.data.sampler import RankWindowSampler
 from sysout.data.sources import DataSourceError, TextSource
 from sysout.data.token_cache import load_tokens
 from sysout.data.tokenizer import ENCODING, EOT_TOKEN, get_tokenizer

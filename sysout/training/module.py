@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import random
 from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MeanMetric
 
 from sysout.model import GPT, build_gpt
 from sysout.training.optim import OptimConfig, build_adamw, lr_factor
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last checkpoint on disk is still good."""
 
 
 class GPTLitModule(L.LightningModule):
@@ -23,11 +31,19 @@ class GPTLitModule(L.LightningModule):
         model: dict[str, Any],
         attention: dict[str, Any],
         optim: dict[str, Any] | None = None,
+        compile: bool = False,
+        on_nonfinite_loss: str = "stop",
     ) -> None:
         super().__init__()
+        if on_nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite_loss must be one of {NONFINITE_POLICIES}, got {on_nonfinite_loss!r}"
+            )
         self.save_hyperparameters()
         self.model: GPT = build_gpt(model, attention)
         self.optim_cfg = OptimConfig(**(optim or {}))
+        self.compile_model = compile
+        self.on_nonfinite_loss = on_nonfinite_loss
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
 
@@ -38,14 +54,41 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    def configure_model(self) -> None:
+        # In place, so parameter names (and checkpoints) stay those of the plain model and the
+        # outlier probe can still run the eager forward with hooks.
+        if self.compile_model and not getattr(self.model, "_compiled_call_impl", None):
+            self.model.compile()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
         _, loss = self.model(x, y)
+        if self._nonfinite(loss):
+            if self.on_nonfinite_loss == "skip":
+                self.print(f"skipping batch {batch_idx} at step {self.global_step}: loss {loss}")
+                return None  # Lightning skips backward and the optimizer step for this batch
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at optimizer step {self.global_step} "
+                f"(batch {batch_idx}). Training stopped; the last good checkpoint is {ckpt}. "
+                "Lower optim.lr, raise optim.warmup_steps, check the data, or set "
+                "on_nonfinite_loss=skip to drop such batches."
+            )
         self.log("train/loss", loss, prog_bar=True, batch_size=x.size(0))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.size(0))
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor) -> bool:
+        bad = not bool(torch.isfinite(loss))
+        # All ranks must agree, or the ones that go on would wait forever for the one that stopped.
+        return self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: MeanMetric) -> None:
         x, y = batch
@@ -80,3 +123,25 @@ class GPTLitModule(L.LightningModule):
             optimizer, partial(lr_factor, cfg=self.optim_cfg, decay_steps=decay_steps)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain tuples (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from sysout.callbacks.preemption import PreemptionCheckpoint
 from sysout.training.module import GPTLitModule
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,13 @@ def build(cfg: DictConfig) -> tuple[GPTLitModule, L.LightningDataModule]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     attention_cfg = OmegaConf.to_container(cfg.attention, resolve=True)
     optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
-    module = GPTLitModule(model_cfg, attention_cfg, optim_cfg)
+    module = GPTLitModule(
+        model_cfg,
+        attention_cfg,
+        optim_cfg,
+        compile=bool(cfg.get("compile")),
+        on_nonfinite_loss=cfg.get("on_nonfinite_loss", "stop"),
+    )
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.check_sources()
     return module, datamodule
@@ -60,13 +67,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks
     )
+    keep_global_batch(trainer)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), trainer)
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if "test" in datamodule.sources and cfg.get("test", True):
+        preempted = next(
+            (
+                c.saved_path
+                for c in callbacks
+                if isinstance(c, PreemptionCheckpoint) and c.saved_path
+            ),
+            None,
+        )
+        if preempted:
+            print(
+                f"\nstopped by a signal; resume with: python train.py ... "
+                f"hydra.run.dir={cfg.paths.output_dir} ckpt_path=last  ({preempted})"
+            )
+        elif "test" in datamodule.sources and cfg.get("test", True):
             checkpoint = _best_checkpoint(trainer)
             trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -78,6 +100,54 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
                 wandb.finish()
     return metrics
+
+
+def keep_global_batch(trainer: L.Trainer) -> None:
+    """The configured accumulation is for one device: divide it by the world size, so the global
+    batch (batch_size x accumulation x devices) stays what the config says (nanoGPT does the same).
+    """
+    world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+    if world > 1:
+        if accumulate % world:
+            raise ValueError(
+                f"trainer.accumulate_grad_batches={accumulate} is not divisible by the "
+                f"{world} devices: the global batch could not stay as configured"
+            )
+        trainer.accumulate_grad_batches = accumulate // world
+        log.info(
+            "global batch kept: accumulation %d -> %d per device on %d devices",
+            accumulate,
+            trainer.accumulate_grad_batches,
+            world,
+        )
+    interval = trainer.val_check_interval
+    if isinstance(interval, int) and interval % trainer.accumulate_grad_batches:
+        raise ValueError(
+            f"trainer.val_check_interval={interval} (batches) must be a multiple of the "
+            f"accumulation {trainer.accumulate_grad_batches}, so checkpoints fall on step boundaries"
+        )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+    """``last`` resumes this output folder's ``checkpoints/last.ckpt`` (a fresh start if none)."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        ckpt = trainer.checkpoint_callback
+        folder = (
+            Path(ckpt.dirpath)
+            if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath
+            else (Path(trainer.default_root_dir) / "checkpoints")
+        )
+        last = folder / "last.ckpt"
+        if not last.is_file():
+            log.warning("ckpt_path=last: no %s yet, starting from scratch", last)
+            return None
+        log.info("resuming from %s", last)
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return ckpt_path
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
