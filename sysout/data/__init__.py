@@ -11,6 +11,7 @@ __all__ = [
     "DataSourceError",
     "FixedWindows",
     "RandomWindows",
+    "RankWindowSampler",
     "TextDataModule",
     "TextSource",
     "get_tokenizer",

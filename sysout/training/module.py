@@ -126,7 +126,7 @@ class GPTLitModule(L.LightningModule):
 
 
 def rng_states() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors and plain tuples (``weights_only``-loadable)."""
+    """Python, NumPy and torch RNG states as tensors and tuples (loadable with weights_only)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
         "python": random.getstate(),

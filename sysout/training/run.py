@@ -124,7 +124,8 @@ def keep_global_batch(trainer: L.Trainer) -> None:
     if isinstance(interval, int) and interval % trainer.accumulate_grad_batches:
         raise ValueError(
             f"trainer.val_check_interval={interval} (batches) must be a multiple of the "
-            f"accumulation {trainer.accumulate_grad_batches}, so checkpoints fall on step boundaries"
+            f"accumulation {trainer.accumulate_grad_batches}, so checkpoints fall on step "
+            "boundaries"
         )
 
 
