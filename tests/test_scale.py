@@ -187,3 +187,33 @@ def test_sigterm_leaves_a_resumable_checkpoint_at_a_step_boundary(compose_train,
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler) or (
         callable(signal.getsignal(signal.SIGTERM))
     )
+
+
+def test_cluster_configs_compose(compose_train) -> None:
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    ddp = compose_train("trainer=ddp")
+    assert ddp.trainer.strategy == "ddp" and ddp.trainer.num_nodes == 1
+    assert ddp.trainer.precision == "bf16-mixed" and ddp.trainer.use_distributed_sampler is False
+    fsdp = compose_train("trainer=fsdp")
+    strategy = instantiate(fsdp.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+
+
+def test_slurm_launcher_config_composes(shared_dir) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            return_hydra_config=True,
+            overrides=["hydra/launcher=slurm", "experiment=paper_gpt2_124m"],
+        )
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 8
