@@ -1,0 +1,272 @@
+"""Find checkpoints (files, run folders, sweep folders) and load them with clear errors.
+
+A *run folder* is what ``train.py`` writes: ``<run>/checkpoints/{last.ckpt, step*-val_loss*.ckpt}``
+beside ``<run>/.hydra/config.yaml``. A *sweep folder* holds run folders (``multirun/...``); any
+folder is searched recursively for folders that hold ``*.ckpt`` files, one run each.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sysout.model import GPT
+
+log = logging.getLogger(__name__)
+
+WHICH = ("best", "last")
+_VAL_LOSS = re.compile(r"val[_/]?loss[=_-]?(-?\d+(?:\.\d+)?(?:e-?\d+)?)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or loaded, with the reason in the message."""
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A checkpoint to evaluate: its file, its run folder (when it is in one) and a short name."""
+
+    path: Path
+    run_dir: Path | None
+    name: str
+
+    def run_config(self) -> DictConfig | None:
+        """The run's saved Hydra config (``.hydra/config.yaml``), if there is one."""
+        if self.run_dir is None:
+            return None
+        cfg_path = self.run_dir / ".hydra" / "config.yaml"
+        if not cfg_path.is_file():
+            return None
+        try:
+            cfg = OmegaConf.load(cfg_path)
+        except Exception as err:  # noqa: BLE001  (a broken YAML must not stop the evaluation)
+            log.warning("cannot read %s (%s); ignoring the run's config", cfg_path, err)
+            return None
+        return cfg if isinstance(cfg, DictConfig) else None
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    model: GPT
+    hparams: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.model.config.attention
+
+    @property
+    def block_size(self) -> int:
+        return self.model.config.block_size
+
+
+# ----------------------------------------------------------------------------- resolving paths
+
+
+def _natural_key(path: Path) -> list[Any]:
+    # Sweep jobs are numbered 0_.., 1_.., 10_..: sort 2 before 10.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def checkpoint_val_loss(path: Path) -> float | None:
+    """The validation loss written in a checkpoint's file name (``...-val_loss3.141.ckpt``)."""
+    match = _VAL_LOSS.search(path.name.removesuffix(".ckpt"))
+    return float(match.group(1)) if match else None
+
+
+def select_checkpoint(ckpt_dir: Path, which: str = "best") -> Path:
+    """The checkpoint of a ``checkpoints/`` folder: ``best`` is the non-last file with the lowest
+    val loss in its name (the newest when no name has one), falling back to ``last.ckpt``;
+    ``last`` is ``last.ckpt``, falling back to the newest file."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    files = sorted(ckpt_dir.glob("*.ckpt"), key=_natural_key)
+    if not files:
+        raise CheckpointError(f"no *.ckpt files in {ckpt_dir}")
+    last = [f for f in files if f.name.startswith("last")]
+    others = [f for f in files if not f.name.startswith("last")]
+    newest = lambda fs: max(fs, key=lambda f: f.stat().st_mtime)
+    if which == "best" and others:
+        scored = [(loss, f) for f in others if (loss := checkpoint_val_loss(f)) is not None]
+        return min(scored, key=lambda s: s[0])[1] if scored else newest(others)
+    if (ckpt_dir / "last.ckpt").is_file():
+        return ckpt_dir / "last.ckpt"
+    if which == "best":
+        log.info("%s has no best checkpoint; using the last one", ckpt_dir)
+    return newest(last or files)
+
+
+def _entry(path: Path, ckpt_dir: Path) -> CheckpointEntry:
+    run_dir = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else None
+    name = run_dir.name if run_dir is not None else path.stem
+    return CheckpointEntry(path=path, run_dir=run_dir, name=name)
+
+
+def resolve_checkpoints(
+    paths: str | Path | Sequence[str | Path], which: str = "best"
+) -> list[CheckpointEntry]:
+    """Checkpoint files for each path: a ``.ckpt`` file as it is, a folder searched for run
+    folders (one checkpoint each, chosen by ``which``). Raises :class:`CheckpointError` for a
+    path that does not exist or holds no checkpoint, before anything is loaded."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if paths is None or (isinstance(paths, str) and not paths.strip()):
+        raise CheckpointError("no checkpoints given: set checkpoints=<file, run or sweep folder>")
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not items:
+        raise CheckpointError("no checkpoints given: set checkpoints=<file, run or sweep folder>")
+    entries: list[CheckpointEntry] = []
+    for item in items:
+        path = Path(str(item)).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"checkpoint path does not exist: {path.resolve()}")
+        if path.is_file():
+            entries.append(_entry(path, path.parent))
+            continue
+        ckpt_dirs = sorted({f.parent for f in path.rglob("*.ckpt")}, key=_natural_key)
+        if not ckpt_dirs:
+            raise CheckpointError(
+                f"no checkpoints (*.ckpt) under {path.resolve()}: expected a checkpoint file, a "
+                "run folder (with checkpoints/) or a sweep folder of run folders"
+            )
+        for ckpt_dir in ckpt_dirs:
+            entries.append(_entry(select_checkpoint(ckpt_dir, which), ckpt_dir))
+    unique: dict[Path, CheckpointEntry] = {}
+    for e in entries:
+        unique.setdefault(e.path.resolve(), e)
+    return list(unique.values())
+
+
+def make_label(variant: str | None, name: str, taken: set[str] | None = None) -> str:
+    """A short, file-name-safe, unique label: the run name, with the variant added when the
+    name does not already contain it (sweep runs are named ``<num>_<variant>``)."""
+    label = name if not variant or variant in name else f"{name}_{variant}"
+    label = re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "checkpoint"
+    if taken is not None:
+        base, k = label, 2
+        while label in taken:
+            label, k = f"{base}-{k}", k + 1
+        taken.add(label)
+    return label
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _state_dict_problems(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], show: int = 4
+) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches, a few of each."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k}: {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and isinstance(found[k], torch.Tensor) and found[k].shape != v.shape
+    ]
+    problems = []
+    for what, keys in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if keys:
+            more = f" (+{len(keys) - show} more)" if len(keys) > show else ""
+            problems.append(f"{len(keys)} {what}: {', '.join(keys[:show])}{more}")
+    return problems
+
+
+def _build(path: Path, model_cfg: dict, attention_cfg: dict, state: Mapping[str, Any]) -> GPT:
+    from sysout.training.module import GPTLitModule  # Lightning import only when loading
+
+    try:
+        module = GPTLitModule(model_cfg, attention_cfg)
+    except Exception as err:  # noqa: BLE001  (unknown variant, bad config values, ...)
+        raise CheckpointError(
+            f"incompatible checkpoint: {path}: its hyper_parameters do not build a model with "
+            f"this version of sysout ({type(err).__name__}: {_short(err)})"
+        ) from err
+    problems = _state_dict_problems(module.state_dict(), state)
+    if problems:
+        raise CheckpointError(
+            f"incompatible checkpoint: {path}: weights do not fit the model its "
+            f"hyper_parameters describe ({'; '.join(problems)})"
+        )
+    module.load_state_dict(dict(state), strict=True)
+    return module.model
+
+
+def load_checkpoint(path: str | Path, weights_only: bool = True) -> LoadedCheckpoint:
+    """Rebuild the GPT of a sysout Lightning checkpoint (or of a nanoGPT ``ckpt.pt``) on CPU.
+
+    Raises :class:`CheckpointError` saying which of these it is: missing file, not a PyTorch
+    file, not a Lightning checkpoint, not a sysout checkpoint (hyper_parameters without
+    model/attention), incompatible (weights that do not fit the model).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001  (pickle, zip and torch errors all mean "unreadable")
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if weights_only and refused:  # a real pickle, holding a class we do not load blindly
+            raise CheckpointError(
+                f"checkpoint {path} stores a Python object ({refused.group(1)}) that a "
+                "weights-only load refuses; if you trust the file, set weights_only=false"
+            ) from err
+        raise CheckpointError(
+            f"not a PyTorch checkpoint: {path} ({type(err).__name__}: {_short(err)})"
+        ) from err
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(
+            f"not a Lightning checkpoint: {path} holds a {type(ckpt).__name__}, not a dict"
+        )
+    if "model_args" in ckpt and "model" in ckpt:  # nanoGPT's train.py format: softmax GPT-2
+        return _load_nanogpt(path, ckpt)
+    if "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"not a Lightning checkpoint: {path} has no 'state_dict' "
+            f"(top-level keys: {sorted(map(str, ckpt))[:8]})"
+        )
+    hparams = {k: _plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
+    lacking = [k for k in ("model", "attention") if not isinstance(hparams.get(k), Mapping)]
+    if lacking:
+        raise CheckpointError(
+            f"not a sysout checkpoint: {path}: its hyper_parameters lack {lacking} "
+            f"(found {sorted(hparams)}); sysout checkpoints are written by train.py"
+        )
+    model = _build(path, dict(hparams["model"]), dict(hparams["attention"]), ckpt["state_dict"])
+    return LoadedCheckpoint(path, model.eval(), hparams, ckpt.get("global_step"))
+
+
+def _load_nanogpt(path: Path, ckpt: Mapping[str, Any]) -> LoadedCheckpoint:
+    from sysout.model import build_gpt
+
+    model_args = dict(ckpt["model_args"])
+    try:
+        model = build_gpt(model_args, {"name": "softmax"})
+        model.load_nanogpt_state_dict(ckpt["model"])
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(
+            f"incompatible checkpoint: {path} (nanoGPT format): {_short(err)}"
+        ) from err
+    hparams = {"model": model_args, "attention": {"name": "softmax"}}
+    return LoadedCheckpoint(path, model.eval(), hparams, ckpt.get("iter_num"))

@@ -1,0 +1,122 @@
+"""Perplexity over strided windows (pure: a model and token ids in, numbers out).
+
+Every token after the first is scored exactly once, as a next-token prediction. Window k feeds
+``tokens[s_k : s_k + L_k]`` (``s_k = k * stride``, ``L_k <= block_size``) and scores only the
+targets the previous window did not reach (Hugging Face's strided-perplexity method). With
+``stride == block_size`` the windows do not overlap and this is nanoGPT's validation loss
+(``x = tokens[s:s+T], y = tokens[s+1:s+T+1]``) plus a shorter last window for the remainder; with
+a smaller stride each scored token sees at least ``block_size - stride`` tokens of context.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first input token
+    length: int  # input tokens (= targets) in this window
+    scored: int  # the last ``scored`` targets count towards the mean
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    nll: float  # mean negative log-likelihood per scored token (nats)
+    tokens: int  # scored tokens
+    windows: int
+
+    @property
+    def ppl(self) -> float:
+        if math.isnan(self.nll):
+            return math.nan
+        return math.exp(self.nll) if self.nll < 700 else math.inf  # exp overflows past ~709
+
+
+def window_plan(num_tokens: int, block_size: int, stride: int | None = None) -> list[Window]:
+    """Windows covering targets 1..num_tokens-1 once each (see the module docstring)."""
+    stride = block_size if stride is None else int(stride)
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if not 0 < stride <= block_size:
+        raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
+    if num_tokens < 2:
+        raise ValueError(f"perplexity needs at least 2 tokens, got {num_tokens}")
+    n_targets = num_tokens - 1
+    plan, done, start = [], 0, 0  # done: targets 1..done are scored
+    while done < n_targets:
+        length = min(block_size, n_targets - start)
+        end = start + length  # index of this window's last target
+        plan.append(Window(start, length, end - done))
+        done, start = end, start + stride
+    return plan
+
+
+def _batches(plan: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
+    # Only windows of equal length can share a batch (only the last window may be shorter).
+    for _, group in itertools.groupby(plan, key=lambda w: w.length):
+        group = list(group)
+        for i in range(0, len(group), batch_size):
+            yield group[i : i + batch_size]
+
+
+def _logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    out = model(idx)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    tokens: np.ndarray | torch.Tensor | Sequence[int],
+    block_size: int,
+    stride: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PerplexityResult:
+    """Mean next-token NLL (and ``.ppl``) of ``model`` on ``tokens`` over strided windows.
+
+    ``model(idx)`` must return logits [B, T, V] (or a tuple whose first item they are).
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward under autocast; the loss is
+    always computed in float32 and summed in float64. ``progress(n)`` is called after each batch
+    with the number of windows done.
+    """
+    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    plan = window_plan(len(ids), block_size, stride)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    cast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in _batches(plan, max(1, int(batch_size))):
+            length = batch[0].length
+            x = torch.stack([ids[w.start : w.start + length] for w in batch]).to(device)
+            y = torch.stack([ids[w.start + 1 : w.start + 1 + length] for w in batch]).to(device)
+            with cast:
+                logits = _logits(model, x)
+            nll = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+            ).view(len(batch), length)
+            first = torch.tensor([length - w.scored for w in batch], device=device)
+            keep = torch.arange(length, device=device)[None, :] >= first[:, None]
+            total += nll[keep].double().sum().item()
+            count += sum(w.scored for w in batch)
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        model.train(was_training)
+    return PerplexityResult(nll=total / count, tokens=count, windows=len(plan))

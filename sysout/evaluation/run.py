@@ -1,0 +1,435 @@
+"""What ``evaluate.py`` does, as a function of the composed Hydra config (tests call it too).
+
+For every checkpoint: WikiText-2 perplexity of the unmodified model and under each compression
+method / mitigation probe, the validation loss of its own run, and the outlier report. Everything
+that can be checked without evaluating (method names, checkpoint paths, the evaluation text) is
+checked first; after that, a failing checkpoint or method becomes a row with its error.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from sysout.data import DataSourceError, RandomWindows, TextSource, get_tokenizer, load_tokens
+from sysout.evaluation.checkpoints import (
+    CheckpointEntry,
+    load_checkpoint,
+    make_label,
+    resolve_checkpoints,
+)
+from sysout.evaluation.perplexity import perplexity, window_plan
+from sysout.evaluation.report import (
+    log_results,
+    outlier_report,
+    plot_robustness,
+    save_figure,
+    write_outlier_summary,
+    write_robustness,
+)
+from sysout.evaluation.robustness import (
+    CheckpointResult,
+    evaluate_methods,
+    needs_calibration,
+    normalize_methods,
+)
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {
+    "fp32": None, "32": None, "32-true": None,
+    "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
+    "fp16": torch.float16, "16-mixed": torch.float16,
+}  # fmt: skip
+
+
+class EvaluationError(RuntimeError):
+    """Nothing could be evaluated (every checkpoint failed)."""
+
+
+# ----------------------------------------------------------------------------- set-up
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def resolve_precision(name: str | None) -> torch.dtype | None:
+    key = str(name or "fp32").lower()
+    if key not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; use one of {sorted(PRECISIONS)}")
+    return PRECISIONS[key]
+
+
+class Texts:
+    """Token ids of text sources, through the shared token cache, each loaded once."""
+
+    def __init__(self, cache_dir: str, tiktoken_cache_dir: str | None) -> None:
+        self.cache_dir = cache_dir
+        self.tiktoken_cache_dir = tiktoken_cache_dir
+        self._tokens: dict[TextSource, np.ndarray] = {}
+
+    def load(self, source: Mapping[str, Any] | TextSource, split: str, where: str) -> np.ndarray:
+        src = TextSource.from_config(_plain(source), where=where)
+        if src not in self._tokens:
+            if src.kind == "local" and all(f.stat().st_size == 0 for f in src.local_files(where)):
+                raise DataSourceError(f"{where}: the text is empty: {Path(src.path).resolve()}")
+            try:
+                tokens = load_tokens(
+                    src, split, self.cache_dir, self.tiktoken_cache_dir, where=where
+                )
+            except DataSourceError as err:
+                if "empty" in str(err):  # load_tokens speaks of training; say what failed here
+                    raise DataSourceError(f"{where}: the text is empty: {src.path}") from err
+                raise
+            self._tokens[src] = tokens
+        return self._tokens[src]
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _run_source(
+    spec: Any, fallback: Any, run_cfg: DictConfig | None, where: str
+) -> tuple[dict[str, Any] | None, str]:
+    """A text source given as a split name of the run's own data config (``val``, ``train``),
+    or as a source dict; the fallback when the run's config is missing. Returns (source, origin)."""
+    spec = _plain(spec)
+    if spec is None:
+        return None, "off"
+    if isinstance(spec, Mapping):
+        return dict(spec), "config"
+    if run_cfg is not None:
+        try:
+            node = OmegaConf.select(run_cfg, f"data.splits.{spec}", throw_on_missing=True)
+            if node is not None:
+                return OmegaConf.to_container(node, resolve=True), f"run data.splits.{spec}"
+        except Exception as err:  # noqa: BLE001  (unresolvable interpolation in an old config)
+            log.warning("%s: cannot read data.splits.%s of the run's config (%s)", where, spec, err)
+    fallback = _plain(fallback)
+    if fallback is None:
+        raise DataSourceError(
+            f"{where}: the checkpoint's run has no data.splits.{spec} and {where}.fallback is null"
+        )
+    return dict(fallback), "fallback"
+
+
+def _instantiate_loggers(cfg: DictConfig) -> list[Any]:
+    """The ``logger`` group's entries; W&B runs get this evaluation's name, group and tags
+    instead of the training ones (which name an attention variant)."""
+    loggers = []
+    for name, entry in (cfg.get("logger") or {}).items():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            continue
+        overrides: dict[str, Any] = {}
+        if "wandb" in str(entry._target_).lower() or name == "wandb":
+            overrides = _plain(cfg.get("wandb_run")) or {}
+        loggers.append(hydra.utils.instantiate(entry, **overrides))
+    return loggers
+
+
+# ----------------------------------------------------------------------------- one checkpoint
+def _calibration(
+    tokens: np.ndarray, block_size: int, windows: int, batch_size: int, seed: int
+) -> list[torch.Tensor]:
+    """``windows`` random windows [T] of the calibration text, in batches [B, T]."""
+    data = RandomWindows(tokens, block_size, windows, seed)
+    xs = [data[i][0] for i in range(len(data))]
+    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+
+
+def _measure(tokens: np.ndarray, block_size: int, stride: int | None, cfg: DictConfig, desc: str):
+    """``model -> PerplexityResult`` on ``tokens``, with a progress bar over the windows."""
+    device, dtype = resolve_device(cfg.device), resolve_precision(cfg.precision)
+    total = len(window_plan(len(tokens), block_size, stride))
+
+    def measure(model: torch.nn.Module):
+        with tqdm(total=total, desc=desc, unit="win", leave=False, disable=not cfg.progress) as bar:
+            return perplexity(
+                model,
+                tokens,
+                block_size,
+                stride,
+                cfg.batch_size,
+                device,
+                dtype,
+                progress=bar.update,
+            )
+
+    return measure
+
+
+def evaluate_checkpoint(
+    entry: CheckpointEntry,
+    methods: list[str],
+    eval_tokens: np.ndarray,
+    texts: Texts,
+    cfg: DictConfig,
+    out_dir: Path,
+    taken: set[str],
+) -> CheckpointResult:
+    """Everything about one checkpoint; any failure is caught into the row's ``error``."""
+    result = CheckpointResult(
+        label=make_label(None, entry.name), checkpoint=str(entry.path), run=entry.name
+    )
+    model = loaded = None
+    try:
+        loaded = load_checkpoint(entry.path, weights_only=cfg.weights_only)
+        result.label = make_label(loaded.variant, entry.name, taken)
+        result.variant, result.step = loaded.variant, loaded.step
+        device = resolve_device(cfg.device)
+        model = loaded.model.to(device).eval()
+        block = loaded.block_size
+        stride = cfg.stride
+        if stride is not None and not 0 < int(stride) <= block:
+            raise ValueError(f"stride={stride} must be in [1, block_size={block}] of this model")
+        run_cfg = entry.run_config()
+        result.info.update(block_size=block, stride=stride or block)
+
+        val_tokens = _validation(result, model, block, run_cfg, texts, cfg)
+        calibration, cal_error = None, None
+        if any(needs_calibration(m) for m in methods):
+            calibration, cal_error = _calibration_batches(result, block, run_cfg, texts, cfg)
+
+        measure = _measure(eval_tokens, block, stride, cfg, desc="windows")
+
+        def done(r) -> None:
+            bar.set_postfix_str(f"{r.method}: ppl {r.ppl:.4g}")
+            bar.update(1)
+
+        with tqdm(
+            total=len(methods),
+            desc=result.label,
+            unit="method",
+            leave=False,
+            disable=not cfg.progress,
+        ) as bar:
+            result.methods = evaluate_methods(
+                model, methods, measure, calibration, cal_error, on_done=done
+            )
+        if cfg.outlier_report:
+            _outliers(
+                result,
+                model,
+                val_tokens if val_tokens is not None else eval_tokens,
+                block,
+                cfg,
+                out_dir / result.label,
+            )
+    except Exception as err:  # noqa: BLE001  (the other checkpoints' rows must survive)
+        result.error = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            result.error += " (try a smaller batch_size)"
+        log.error("checkpoint %s failed: %s", entry.path, result.error)
+    finally:
+        model = loaded = None  # free this checkpoint before loading the next
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return result
+
+
+def _validation(
+    result: CheckpointResult,
+    model: torch.nn.Module,
+    block: int,
+    run_cfg: DictConfig | None,
+    texts: Texts,
+    cfg: DictConfig,
+) -> np.ndarray | None:
+    """The run's validation loss (train.py's val/loss: the first ``windows`` non-overlapping
+    windows of its val split). A missing val text is a problem noted in the row, not a failure."""
+    try:
+        source, origin = _run_source(cfg.val.source, cfg.val.fallback, run_cfg, "val")
+        if source is None:
+            return None
+        tokens = texts.load(source, "val", "val.source")
+        windows = cfg.val.windows
+        if windows is None and run_cfg is not None:
+            windows = OmegaConf.select(run_cfg, "data.val_windows", default=None)
+        windows = int(windows or 64)
+        measure = _measure(tokens[: windows * block + 1], block, None, cfg, desc="val")
+        res = measure(model)
+        result.val_loss = res.nll
+        result.info.update(val_text=source.get("path"), val_origin=origin, val_tokens=res.tokens)
+        return tokens
+    except Exception as err:  # noqa: BLE001
+        result.problems.append(f"val loss: {type(err).__name__}: {err}")
+        log.warning("%s: no validation loss (%s)", result.label, err)
+        return None
+
+
+def _calibration_batches(
+    result: CheckpointResult,
+    block: int,
+    run_cfg: DictConfig | None,
+    texts: Texts,
+    cfg: DictConfig,
+) -> tuple[list[torch.Tensor] | None, str | None]:
+    c = cfg.calibration
+    try:
+        source, origin = _run_source(c.source, c.fallback, run_cfg, "calibration")
+        if source is None:
+            raise DataSourceError("calibration.source is null")
+        tokens = texts.load(source, "calibration", "calibration.source")
+        batches = _calibration(tokens, block, int(c.windows), int(cfg.batch_size), int(c.seed))
+        result.info.update(
+            calibration_text=source.get("path"),
+            calibration_origin=origin,
+            calibration_windows=int(c.windows),
+        )
+        return batches, None
+    except Exception as err:  # noqa: BLE001  (only the methods that need it will fail)
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _outliers(
+    result: CheckpointResult,
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    block: int,
+    cfg: DictConfig,
+    out_dir: Path,
+) -> None:
+    from sysout.callbacks.outliers import probe_windows_from_tokens
+
+    try:
+        probe = cfg.probe
+        batch = (
+            probe_windows_from_tokens(tokens, block, int(probe.windows))
+            if len(tokens) > block
+            else None
+        )
+        enc = get_tokenizer(cfg.tiktoken_cache_dir)
+        sentence = enc.encode(probe.sentence)[:block] if probe.sentence else None
+        summary, files = outlier_report(
+            model,
+            out_dir,
+            batch,
+            sentence,
+            thresholds=_plain(probe.thresholds) or None,
+            decode=lambda i: enc.decode([i]),
+            sentence_text=probe.sentence,
+            step=result.step,
+        )
+        result.outliers = {k: float(v) for k, v in summary.items()}
+        result.files = {k: str(p) for k, p in files.items()}
+    except Exception as err:  # noqa: BLE001  (the perplexities are still worth a row)
+        result.problems.append(f"outlier report: {type(err).__name__}: {err}")
+        log.warning("%s: outlier report failed (%s)", result.label, err)
+
+
+# ----------------------------------------------------------------------------- the run
+def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
+    """Evaluate every checkpoint of ``cfg.checkpoints``; write and log the tables; return rows."""
+    # Checks that need no evaluation work come first, so a typo fails in seconds.
+    methods = normalize_methods(cfg.methods)
+    resolve_device(cfg.device)
+    resolve_precision(cfg.precision)
+    entries = resolve_checkpoints(_plain(cfg.checkpoints), which=cfg.which)
+    texts = Texts(cfg.cache_dir, cfg.tiktoken_cache_dir)
+    eval_tokens = texts.load(cfg.eval_text, "eval", "eval_text")
+    if cfg.max_eval_tokens is not None:
+        eval_tokens = eval_tokens[: int(cfg.max_eval_tokens)]
+    if len(eval_tokens) < 2:
+        raise DataSourceError(
+            f"eval_text: {len(eval_tokens)} token(s) to score; perplexity needs at least 2 "
+            f"(check eval_text.path and max_eval_tokens)"
+        )
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "evaluating %d checkpoint(s) x %d method(s) on %d tokens of %s -> %s",
+        len(entries),
+        len(methods),
+        len(eval_tokens),
+        cfg.eval_text.path,
+        out_dir,
+    )
+    meta = {
+        "eval text": f"{cfg.eval_text.path} ({len(eval_tokens)} tokens)",
+        "stride": cfg.stride or "block size (non-overlapping windows)",
+        "precision": cfg.precision,
+        "device": str(resolve_device(cfg.device)),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+    loggers = _instantiate_loggers(cfg)
+    results: list[CheckpointResult] = []
+    taken: set[str] = set()
+    try:
+        with logging_redirect_tqdm():
+            for entry in tqdm(entries, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
+                result = evaluate_checkpoint(
+                    entry, methods, eval_tokens, texts, cfg, out_dir, taken
+                )
+                results.append(result)
+                # Rewritten after every checkpoint: an interrupted sweep keeps its rows.
+                write_robustness(results, methods, out_dir, meta)
+        files = write_robustness(results, methods, out_dir, meta)
+        images: dict[str, Path] = {}
+        try:
+            chart = plot_robustness(results, methods)
+            images["robustness"] = save_figure(chart, out_dir / "robustness.png")
+        except Exception as err:  # noqa: BLE001  (the tables are written; the chart is extra)
+            log.warning("could not draw robustness.png: %s", err)
+        files.update(write_outlier_summary(results, out_dir))
+        for r in results:
+            images.update(
+                {f"{r.label}/{k}": Path(p) for k, p in r.files.items() if p.endswith(".png")}
+            )
+        log_results(loggers, results, methods, images)
+    finally:
+        _finish(loggers)
+    _print_summary(results, methods, files)
+
+    failed = [r for r in results if r.error]
+    if failed and (len(failed) == len(results) or cfg.fail_on_error):
+        raise EvaluationError(
+            f"{len(failed)} of {len(results)} checkpoint(s) failed: "
+            + "; ".join(f"{r.checkpoint}: {r.error}" for r in failed)
+        )
+    return results
+
+
+def _finish(loggers: list[Any]) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            import wandb
+
+            wandb.finish()
+        else:
+            lg.finalize("success")
+
+
+def _print_summary(
+    results: list[CheckpointResult], methods: list[str], files: dict[str, Path]
+) -> None:
+    width = max([len(r.label) for r in results] + [10])
+    lines = ["", "=== sysout evaluation ===", f"{'checkpoint':<{width}}  val loss  baseline ppl"]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.label:<{width}}  FAILED: {r.error}")
+            continue
+        vl = f"{r.val_loss:8.4f}" if math.isfinite(r.val_loss) else "       -"
+        lines.append(f"{r.label:<{width}}  {vl}  {r.ppl(methods[0]):.4g}")
+    lines += [f"{k}: {Path(p).resolve()}" for k, p in files.items()]
+    print("\n".join(lines), flush=True)
