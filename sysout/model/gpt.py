@@ -161,7 +161,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
         )
         return logits, loss
 

@@ -1,0 +1,12 @@
+"""Lightning callbacks of sysout: they wire pure statistics and meters to the loggers."""
+
+from sysout.callbacks.outliers import OutlierCallback, probe_windows_from_tokens
+from sysout.callbacks.preemption import PreemptionCheckpoint
+from sysout.callbacks.throughput import ThroughputCallback
+
+__all__ = [
+    "OutlierCallback",
+    "PreemptionCheckpoint",
+    "ThroughputCallback",
+    "probe_windows_from_tokens",
+]

@@ -1,0 +1,268 @@
+"""Lightning callback: run the outlier probe during training and log what it finds.
+
+The probe runs at the start of training, every ``every_n_steps`` optimizer steps (right after the
+optimizer step that reaches a multiple of N), and at the end of training. Scalars go to every
+logger (CSV, W&B, ...); figures and the outlier table go to W&B only. Under DDP only global
+rank 0 probes and logs; the other ranks skip the probe entirely and simply wait for rank 0 at
+the next gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
+
+from sysout.data import FixedWindows, get_tokenizer
+from sysout.outliers.probe import (
+    GROUPS,
+    PREFIX,
+    PROBE_SENTENCE,
+    OutlierRecord,
+    ProbeReport,
+    ProbeThresholds,
+    run_probe,
+    wandb_key,
+)
+
+log = logging.getLogger(__name__)
+
+STEP_METRIC = "trainer/global_step"  # the x-axis Lightning's WandbLogger logs with every entry
+
+
+def probe_windows_from_tokens(tokens: np.ndarray, block_size: int, count: int) -> Tensor:
+    """``count`` fixed validation windows [count, block_size], spread evenly over the split (the
+    same windows at every probe, so curves compare like with like)."""
+    windows = FixedWindows(tokens, block_size)
+    count = max(1, min(int(count), len(windows)))
+    picks = np.linspace(0, len(windows) - 1, count).round().astype(int)
+    return torch.stack([windows[int(i)][0] for i in picks])
+
+
+class OutlierCallback(Callback):
+    """Probe activation, attention, weight and channel outliers while training.
+
+    Args:
+        every_n_steps: probe after every N-th optimizer step (0 or None: start and end only).
+        probe_windows: number of fixed validation windows in the probe batch.
+        probe_sentence: the sentence of the heat map and 3-D surface (its own batch).
+        thresholds: overrides of :class:`~sysout.outliers.probe.ProbeThresholds` fields.
+        log_images: log the figures to W&B loggers.
+        log_table: log the outlier table (step, layer, position, token, dim, value) to W&B.
+        max_table_rows: outliers per probe in the table (largest |value| first).
+        at_train_start / at_train_end: also probe at those moments.
+        wandb_sections: name W&B keys ``outliers-<group>/...`` so that W&B's default workspace
+            shows one section per outlier type (it groups by the first path segment); other
+            loggers always get ``outliers/<group>/...``.
+        autocast: run the probe under the trainer's precision context (bf16 autocast in
+            bf16-mixed training), so it measures the numerics training uses.
+        tiktoken_cache_dir: tokenizer cache; default: the datamodule's ``tiktoken_cache_dir``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 250,
+        probe_windows: int = 8,
+        probe_sentence: str = PROBE_SENTENCE,
+        thresholds: ProbeThresholds | Mapping[str, Any] | None = None,
+        log_images: bool = True,
+        log_table: bool = True,
+        max_table_rows: int = 100,
+        at_train_start: bool = True,
+        at_train_end: bool = True,
+        wandb_sections: bool = True,
+        autocast: bool = True,
+        tiktoken_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if every_n_steps is not None and every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+        if probe_windows < 1:
+            raise ValueError(f"probe_windows must be >= 1, got {probe_windows}")
+        self.every_n_steps = int(every_n_steps or 0)
+        self.probe_windows = int(probe_windows)
+        self.probe_sentence = probe_sentence
+        self.thresholds = ProbeThresholds.from_any(thresholds)
+        self.log_images = log_images
+        self.log_table = log_table
+        self.max_table_rows = int(max_table_rows)
+        self.at_train_start = at_train_start
+        self.at_train_end = at_train_end
+        self.wandb_sections = wandb_sections
+        self.autocast = autocast
+        self.tiktoken_cache_dir = tiktoken_cache_dir
+        self._last_step: int | None = None
+        self._batch: Tensor | None = None
+        self._sentence: list[int] | None = None
+        self._decode = None
+        self._tables: dict[int, Any] = {}  # W&B incremental table per logger
+        self.last_report: ProbeReport | None = None
+        self.last_duration: float | None = None
+
+    # ------------------------------------------------------------------------- Lightning hooks
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._setup_wandb(trainer)
+        # A run resumed from a checkpoint taken right after a probe has probed this step.
+        if self.at_train_start and trainer.global_step != self._last_step:
+            self._probe(trainer, pl_module)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # global_step counts optimizer steps: with gradient accumulation it only moves on the
+        # micro-batch that stepped, hence the "changed" test.
+        step = trainer.global_step
+        if (
+            trainer.is_global_zero
+            and self.every_n_steps
+            and step % self.every_n_steps == 0
+            and step != self._last_step
+        ):
+            self._probe(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.at_train_end and trainer.global_step != self._last_step:
+            self._probe(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._last_step = state_dict.get("last_step")
+
+    # ------------------------------------------------------------------------------ the probe
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = int(trainer.global_step)
+        self._last_step = step
+        self._prepare(trainer, pl_module)
+        model = getattr(pl_module, "model", pl_module)
+        start = time.perf_counter()
+        context = trainer.precision_plugin.forward_context() if self.autocast else nullcontext()
+        with context:
+            report = run_probe(
+                model,
+                self._batch,
+                self._sentence,
+                thresholds=self.thresholds,
+                decode=self._decode,
+                sentence_text=self.probe_sentence,
+                step=step,
+                max_records=self.max_table_rows,
+            )
+        self.last_report = report
+        scalars = report.scalars()
+        self.last_duration = time.perf_counter() - start
+        scalars[f"{PREFIX}/summary/probe_seconds"] = self.last_duration
+        self._log(trainer, report, scalars, step)
+
+    def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Build the probe batch and tokenize the sentence once, on first use."""
+        if self._sentence is not None or self._batch is not None:
+            return
+        model = getattr(pl_module, "model", pl_module)
+        block_size = int(getattr(getattr(model, "config", None), "block_size", 1024))
+        dm = trainer.datamodule
+        tokens = getattr(dm, "tokens", {}).get("val") if dm is not None else None
+        if tokens is not None and len(tokens) > block_size:
+            self._batch = probe_windows_from_tokens(
+                tokens,
+                min(block_size, int(getattr(dm, "block_size", block_size))),
+                self.probe_windows,
+            )
+        else:
+            log.warning(
+                "outlier probe: no validation tokens in the datamodule; probing the sentence only"
+            )
+        cache = self.tiktoken_cache_dir or getattr(dm, "tiktoken_cache_dir", None)
+        try:
+            enc = get_tokenizer(cache)
+        except RuntimeError as err:
+            if self._batch is None:
+                raise
+            log.warning("outlier probe: no tokenizer (%s); token strings shown as ids", err)
+            return
+        self._decode = lambda token_id: enc.decode([token_id])
+        ids = enc.encode(self.probe_sentence)[:block_size]  # its own batch: truncate, no pad
+        self._sentence = ids or None
+
+    # -------------------------------------------------------------------------------- logging
+    def _log(
+        self, trainer: L.Trainer, report: ProbeReport, scalars: dict[str, float], step: int
+    ) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, report, scalars, step)
+            else:
+                logger.log_metrics(scalars, step=step)
+        summary = report.summary()
+        log.info(
+            "outlier probe at step %d (%.2fs): max |h| %.3g at layer %d (x%.3g the median), "
+            "first-token attention share %.2f, max c_proj row ratio %.3g",
+            step,
+            self.last_duration or 0.0,
+            summary["max_top1"],
+            int(summary["max_top1_layer"]),
+            summary["max_top1_ratio"],
+            summary["first_token_share"],
+            summary["max_c_proj_row_ratio"],
+        )
+
+    def _key(self, name: str) -> str:
+        return wandb_key(name) if self.wandb_sections else name
+
+    def _setup_wandb(self, trainer: L.Trainer) -> None:
+        """Plot every outlier metric against the optimizer step, one section per group."""
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            run = logger.experiment
+            if not hasattr(run, "define_metric"):
+                continue
+            run.define_metric(STEP_METRIC)
+            for group in GROUPS:
+                run.define_metric(self._key(f"{PREFIX}/{group}/") + "*", step_metric=STEP_METRIC)
+
+    def _log_wandb(
+        self, logger: WandbLogger, report: ProbeReport, scalars: dict[str, float], step: int
+    ) -> None:
+        import wandb
+
+        from sysout.outliers.plots import render_png, report_figures
+
+        payload: dict[str, Any] = {self._key(k): v for k, v in scalars.items()}
+        if self.log_images:
+            from PIL import Image
+
+            for name, fig in report_figures(report).items():
+                image = Image.open(io.BytesIO(render_png(fig)))
+                payload[self._key(f"{PREFIX}/{name}")] = wandb.Image(image, caption=f"step {step}")
+        if self.log_table and report.outliers:
+            table = self._tables.get(id(logger))
+            if table is None:
+                columns = ["step", *OutlierRecord.COLUMNS]
+                try:  # one table growing over the run (wandb with Table log_mode)
+                    table = wandb.Table(columns=columns, log_mode="INCREMENTAL")
+                    self._tables[id(logger)] = table
+                except TypeError:  # older wandb: a table per probe
+                    table = wandb.Table(columns=columns)
+            for record in report.outliers:
+                table.add_data(step, *record.row())
+            payload[self._key(f"{PREFIX}/activation/outlier_table")] = table
+        logger.log_metrics(payload, step=step)
