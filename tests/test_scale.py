@@ -61,9 +61,21 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(
     single = compose_train(*BASE, *steps)
     single.paths.output_dir = str(tmp_path / "single")
     train(single)
-    ddp = compose_train(*BASE, *steps, "+trainer.strategy=ddp_spawn", "trainer.devices=2")
+    ddp = compose_train(
+        *BASE,
+        *steps,
+        "+trainer.strategy=ddp_spawn",
+        "trainer.devices=2",
+        "callbacks.outliers.every_n_steps=2",
+        "callbacks.outliers.probe_windows=2",
+    )
     ddp.paths.output_dir = str(tmp_path / "ddp")
     train(ddp)
+    with open(tmp_path / "ddp" / "csv" / "metrics.csv") as f:
+        probe_steps = [
+            int(r["step"]) for r in csv.DictReader(f) if r.get("outliers/summary/max_top1")
+        ]
+    assert probe_steps == [0, 2, 3]  # start, every 2 steps, end: once each, from rank 0 only
     one = checkpoint_weights(tmp_path / "single" / "checkpoints" / "last.ckpt")
     two = checkpoint_weights(tmp_path / "ddp" / "checkpoints" / "last.ckpt")
     assert one.keys() == two.keys()
