@@ -1,0 +1,200 @@
+"""Forward kernel: FlashAttention-2 style causal attention with the sysout switches.
+
+One program owns BLOCK_M query rows of one (batch, head) and walks the keys in BLOCK_N steps,
+first the blocks strictly left of the diagonal (no mask needed), then the diagonal block (causal
+and sequence-end masks). Scores live in base 2: ``s2 = q.k * sm_scale * log2(e)``, so every
+exponential is an ``exp2`` and the stored LSE is ``log2(sum 2^s2)``.
+
+The same kernel runs the clipped softmax in two passes (``STATS_ONLY`` for the LSE, then
+``MODE_CLIP`` reading that LSE back); see ``flash_attention.py`` for why.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import (
+    EXTRA_CONTEXT,
+    EXTRA_KV,
+    EXTRA_NONE,
+    LOG2E,
+    MODE_CLIP,
+    MODE_SIGMOID,
+    MODE_SOFTMAX,
+    SCALE_CHANNEL,
+    SCALE_HEAD,
+    SCALE_NONE,
+    autotune,
+    fwd_configs,
+)
+
+
+@triton.jit
+def _fwd_inner(
+    acc, l_i, m_i, q, lse,
+    K_base, V_base, stride_kt, stride_vt,
+    offs_m, offs_n, offs_d, lo, hi, T,
+    qk_scale, log2_tk, clip_a, clip_g,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, MODE: tl.constexpr, STATS_ONLY: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Accumulate keys [lo, hi) into (acc, l_i, m_i). MASKED: apply causal and T bounds."""
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        # K is read transposed ([d, BLOCK_N]) straight from memory: no in-register transpose.
+        kT_ptrs = K_base + cols[None, :] * stride_kt + offs_d[:, None]
+        kT = tl.load(kT_ptrs, mask=cols[None, :] < T, other=0.0) if MASKED else tl.load(kT_ptrs)
+        s2 = tl.dot(q, kT, input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            valid = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] < T)
+            s2 = tl.where(valid, s2, float("-inf"))
+
+        if MODE == MODE_SOFTMAX:
+            # Online softmax: rescale what we have by 2^(m_old - m_new).
+            m_new = tl.maximum(m_i, tl.max(s2, 1))
+            p = tl.math.exp2(s2 - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if not STATS_ONLY:
+                acc = acc * alpha[:, None]
+            m_i = m_new
+        elif MODE == MODE_SIGMOID:
+            # sigmoid(s - ln T) = 1 / (1 + 2^(log2 T - s2)); no running max or sum needed.
+            p = 1.0 / (1.0 + tl.math.exp2(log2_tk - s2))
+            if MASKED:
+                p = tl.where(valid, p, 0.0)
+        else:
+            # Clipped softmax, second pass: normalised p from the stored LSE, then clamp.
+            p = tl.math.exp2(s2 - lse[:, None])
+            p = tl.minimum(tl.maximum(clip_a * p + clip_g, 0.0), 1.0)
+            if MASKED:
+                p = tl.where(valid, p, 0.0)
+
+        if not STATS_ONLY:
+            v_ptrs = V_base + cols[:, None] * stride_vt + offs_d[None, :]
+            v = tl.load(v_ptrs, mask=cols[:, None] < T, other=0.0) if MASKED else tl.load(v_ptrs)
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    return acc, l_i, m_i
+
+
+@autotune(
+    fwd_configs(),
+    ["T", "HEAD_DIM", "MODE", "HAS_SINK", "EXTRA", "SCALE", "STATS_ONLY"],
+)
+@triton.jit
+def attn_fwd_kernel(
+    Q, K, V, Out, OutRaw, LSE, E,
+    Sink, EK, EV, Scale,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    stride_sb, stride_sh, stride_st,
+    H, T,
+    qk_scale, log2_tk, clip_a, clip_g,
+    HEAD_DIM: tl.constexpr,
+    MODE: tl.constexpr,
+    HAS_SINK: tl.constexpr,
+    EXTRA: tl.constexpr,
+    SCALE: tl.constexpr,
+    STORE_RAW: tl.constexpr,
+    STATS_ONLY: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Out = Scale * attention(Q, K, V) for BLOCK_M queries of one (batch, head).
+
+    LSE / E ([B*H, T], fp32, base 2) receive the log-sum-exp over everything in the
+    denominator (sink and kv slot included; real keys only for the context slot) and the extra
+    slot's logit. OutRaw receives the unscaled output when STORE_RAW (needed for dScale).
+    STATS_ONLY computes the LSE alone (first pass of the clipped softmax).
+    """
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)  # the diagonal block is walked in BLOCK_N steps
+    start_m = tl.program_id(0)
+    off_hz = tl.program_id(1)
+    off_b = (off_hz // H).to(tl.int64)
+    off_h = (off_hz % H).to(tl.int64)
+    row0 = off_hz.to(tl.int64) * T  # offset of this (b, h) in LSE / E
+
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < T
+
+    Q_base = Q + off_b * stride_qb + off_h * stride_qh
+    K_base = K + off_b * stride_kb + off_h * stride_kh
+    V_base = V + off_b * stride_vb + off_h * stride_vh
+    q = tl.load(Q_base + offs_m[:, None] * stride_qt + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    lse = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    if MODE == MODE_CLIP:
+        lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=0.0)
+    if EXTRA != EXTRA_NONE:
+        ek = tl.load(EK + off_h * HEAD_DIM + offs_d).to(tl.float32)
+        ev = tl.load(EV + off_h * HEAD_DIM + offs_d).to(tl.float32)
+        e2 = tl.sum(q.to(tl.float32) * ek[None, :], 1) * qk_scale  # extra-slot logit, base 2
+        tl.store(E + row0 + offs_m, e2, mask=row_ok)
+    if MODE == MODE_SOFTMAX:
+        # A sink / kv slot is one more column of the softmax that every query sees: start the
+        # running max at its logit and the running sum at its weight (1 relative to itself).
+        if HAS_SINK:
+            z2 = tl.load(Sink + off_h).to(tl.float32) * LOG2E
+            m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + z2
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+        if EXTRA == EXTRA_KV:
+            m_new = tl.maximum(m_i, e2)
+            w_e = tl.math.exp2(e2 - m_new)
+            l_i = l_i * tl.math.exp2(m_i - m_new) + w_e
+            m_i = m_new
+            if not STATS_ONLY:
+                acc = w_e[:, None] * ev[None, :]
+
+    # Keys strictly left of the diagonal block: all valid for every row, no mask.
+    lo = start_m * BLOCK_M
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, lse, K_base, V_base, stride_kt, stride_vt,
+        offs_m, offs_n, offs_d, 0, lo, T, qk_scale, log2_tk, clip_a, clip_g,
+        HEAD_DIM, BLOCK_N, False, MODE, STATS_ONLY, DOT_PREC,
+    )
+    # The diagonal block, stopping at the sequence end.
+    hi = tl.minimum(lo + BLOCK_M, T)
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, lse, K_base, V_base, stride_kt, stride_vt,
+        offs_m, offs_n, offs_d, lo, hi, T, qk_scale, log2_tk, clip_a, clip_g,
+        HEAD_DIM, BLOCK_N, True, MODE, STATS_ONLY, DOT_PREC,
+    )
+
+    if MODE == MODE_SOFTMAX:
+        lse = m_i + tl.math.log2(l_i)
+        tl.store(LSE + row0 + offs_m, lse, mask=row_ok)
+    if not STATS_ONLY:
+        o = acc
+        if MODE == MODE_SOFTMAX:
+            o = acc / l_i[:, None]
+            if EXTRA == EXTRA_CONTEXT:
+                # p0 = exp(e) / (exp(e) + sum_j exp(s_j)) = sigmoid(e - LSE_real)
+                p0 = 1.0 / (1.0 + tl.math.exp2(lse - e2))
+                o = o + p0[:, None] * ev[None, :]
+        out_offs = off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot \
+            + offs_d[None, :]
+        if STORE_RAW:
+            tl.store(OutRaw + out_offs, o.to(OutRaw.dtype.element_ty), mask=row_ok[:, None])
+        if SCALE != SCALE_NONE:
+            S_base = Scale + off_b * stride_sb + off_h * stride_sh
+            if SCALE == SCALE_HEAD:
+                s = tl.load(S_base + offs_m * stride_st, mask=row_ok, other=0.0)
+                o = o * s.to(tl.float32)[:, None]
+            elif SCALE == SCALE_CHANNEL:
+                s = tl.load(S_base + offs_m[:, None] * stride_st + offs_d[None, :],
+                            mask=row_ok[:, None], other=0.0)
+                o = o * s.to(tl.float32)
+        tl.store(Out + out_offs, o.to(Out.dtype.element_ty), mask=row_ok[:, None])
