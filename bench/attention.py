@@ -40,8 +40,16 @@ Tensor = torch.Tensor
 Params = dict[str, Tensor]
 
 VARIANTS = [
-    "softmax", "value_bias", "context_bias", "kv_bias", "ca_scaling", "sigmoid", "sink_logit",
-    "softmax1", "gated", "clipped_softmax",
+    "softmax",
+    "value_bias",
+    "context_bias",
+    "kv_bias",
+    "ca_scaling",
+    "sigmoid",
+    "sink_logit",
+    "softmax1",
+    "gated",
+    "clipped_softmax",
 ]
 CLIP_ALPHA = 4.0  # clipped softmax: zeta = 1, gamma = -alpha / T
 
@@ -77,8 +85,11 @@ def fused(name: str, q: Tensor, k: Tensor, v: Tensor, P: Params) -> Tensor:
         return fused_attention(q, k, v) + P["ev"][None, :, None, :]
     kwargs = {
         "softmax": {},
-        "context_bias": {"extra_key": P.get("ek"), "extra_value": P.get("ev"),
-                         "extra_slot": "context"},
+        "context_bias": {
+            "extra_key": P.get("ek"),
+            "extra_value": P.get("ev"),
+            "extra_slot": "context",
+        },
         "kv_bias": {"extra_key": P.get("ek"), "extra_value": P.get("ev"), "extra_slot": "kv"},
         "ca_scaling": {"out_scale": P.get("scale")},
         "gated": {"out_scale": P.get("scale")},
@@ -164,9 +175,15 @@ def ref_clipped_softmax(q, k, v, P):
 
 
 REFERENCES: dict[str, Callable] = {
-    "softmax": ref_softmax, "value_bias": ref_value_bias, "context_bias": ref_context_bias,
-    "kv_bias": ref_kv_bias, "ca_scaling": ref_ca_scaling, "sigmoid": ref_sigmoid,
-    "sink_logit": ref_sink_logit, "softmax1": ref_softmax1, "gated": ref_gated,
+    "softmax": ref_softmax,
+    "value_bias": ref_value_bias,
+    "context_bias": ref_context_bias,
+    "kv_bias": ref_kv_bias,
+    "ca_scaling": ref_ca_scaling,
+    "sigmoid": ref_sigmoid,
+    "sink_logit": ref_sink_logit,
+    "softmax1": ref_softmax1,
+    "gated": ref_gated,
     "clipped_softmax": ref_clipped_softmax,
 }
 
@@ -201,7 +218,13 @@ def sdpa_impl(backend) -> Callable:
 
 
 FLEX_VARIANTS = {
-    "softmax", "value_bias", "ca_scaling", "gated", "kv_bias", "context_bias", "sink_logit",
+    "softmax",
+    "value_bias",
+    "ca_scaling",
+    "gated",
+    "kv_bias",
+    "context_bias",
+    "sink_logit",
     "softmax1",
 }
 
@@ -414,20 +437,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--modes", nargs="+", default=["fwd", "bwd", "fwd+bwd"],
-                    choices=["fwd", "bwd", "fwd+bwd"])
+    ap.add_argument(
+        "--modes", nargs="+", default=["fwd", "bwd", "fwd+bwd"], choices=["fwd", "bwd", "fwd+bwd"]
+    )
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetitions (ms)")
     ap.add_argument("--no-sdpa", action="store_true", help="skip torch SDPA backends")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
-    ap.add_argument("--no-reference", action="store_true",
-                    help="skip the plain PyTorch reference (T x T memory)")
-    ap.add_argument("--no-check", dest="check", action="store_false",
-                    help="skip the batch-1 accuracy check against the reference")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON path (default benchmarks/results/attention-<device>.json)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny CPU run in the Triton interpreter (fp32, no SDPA backend choice)")
+    ap.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the plain PyTorch reference (T x T memory)",
+    )
+    ap.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip the batch-1 accuracy check against the reference",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/attention-<device>.json)",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny CPU run in the Triton interpreter (fp32, no SDPA backend choice)",
+    )
     args = ap.parse_args(argv)
 
     if args.smoke:
@@ -448,8 +486,9 @@ def main(argv: list[str] | None = None) -> None:
         B = max(1, args.tokens // T)
         for name in args.variants:
             for impl_name, impl in implementations(args, name, flex):
-                entry = bench_entry(args, name, impl_name, impl, B, args.heads, T,
-                                    args.head_dim, device, dtype)
+                entry = bench_entry(
+                    args, name, impl_name, impl, B, args.heads, T, args.head_dim, device, dtype
+                )
                 results.append(entry)
                 print(f"  {name} {impl_name} T={T}: " + (entry.get("error") or "ok"), flush=True)
 

@@ -93,8 +93,13 @@ def test_folder_and_jsonl_sources(tmp_path) -> None:
 
 def test_missing_folder_says_where_it_looked_and_how_to_fix(tmp_path) -> None:
     missing = tmp_path / "nowhere" / "train.txt"
-    module = TextDataModule({"train": {"kind": "local", "path": str(missing)},
-                             "val": {"kind": "local", "path": str(missing)}}, block_size=8)
+    module = TextDataModule(
+        {
+            "train": {"kind": "local", "path": str(missing)},
+            "val": {"kind": "local", "path": str(missing)},
+        },
+        block_size=8,
+    )
     with pytest.raises(DataSourceError) as err:
         module.check_sources()
     message = str(err.value)
@@ -114,9 +119,14 @@ def test_empty_text_and_bad_keys_are_rejected(tmp_path) -> None:
 
 
 def test_block_size_longer_than_data_is_rejected(corpus, tmp_path) -> None:
-    module = TextDataModule({"train": {"kind": "local", "path": str(corpus)},
-                             "val": {"kind": "local", "path": str(corpus)}},
-                            block_size=5000, cache_dir=str(tmp_path / "cache"))
+    module = TextDataModule(
+        {
+            "train": {"kind": "local", "path": str(corpus)},
+            "val": {"kind": "local", "path": str(corpus)},
+        },
+        block_size=5000,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with pytest.raises(DataSourceError, match="fewer than block_size"):
         module.prepare_data()
 

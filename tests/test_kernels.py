@@ -38,8 +38,18 @@ DEVICE = "cpu" if INTERPRET else "cuda"
 # Reference (float64, T x T)
 # --------------------------------------------------------------------------------------------
 def reference(
-    q, k, v, *, mode="softmax", sink_logit=None, extra_key=None, extra_value=None,
-    extra_slot="kv", out_scale=None, clip=None, sm_scale=None,
+    q,
+    k,
+    v,
+    *,
+    mode="softmax",
+    sink_logit=None,
+    extra_key=None,
+    extra_value=None,
+    extra_slot="kv",
+    out_scale=None,
+    clip=None,
+    sm_scale=None,
 ):
     """(o, lse, key_mass) in float64, from the formulas of SPEC section 3."""
     q, k, v = q.double(), k.double(), v.double()
@@ -63,7 +73,7 @@ def reference(
         logits = torch.cat([*front, s], dim=-1)
         lse = torch.logsumexp(logits, dim=-1)
         w = torch.exp(logits - lse[..., None])
-        p = w[..., len(front):]
+        p = w[..., len(front) :]
         if clip is not None:
             zeta, gamma = clip
             p = torch.clamp((zeta - gamma) * p + gamma, 0, 1) * causal
@@ -111,7 +121,9 @@ def make_kwargs(name: str, B: int, H: int, T: int, D: int, dtype, gen) -> dict:
         # free combinations of the switches
         "kv_sink": lambda: {**kv(), "sink_logit": rand(H)},
         "clip_sink_scaled": lambda: {
-            "clip": clip, "sink_logit": rand(H), "out_scale": gate(B, H, T)
+            "clip": clip,
+            "sink_logit": rand(H),
+            "out_scale": gate(B, H, T),
         },
         "sigmoid_gated": lambda: {"mode": "sigmoid", "out_scale": gate(B, H, T, D)},
         "context_scaled": lambda: {**kv(), "extra_slot": "context", "out_scale": gate(B, H, T)},
@@ -120,9 +132,20 @@ def make_kwargs(name: str, B: int, H: int, T: int, D: int, dtype, gen) -> dict:
 
 
 VARIANTS = [
-    "softmax", "sigmoid", "sink_logit", "softmax1", "kv_bias", "context_bias", "ca_scaling",
-    "gated_channel", "clipped_softmax", "kv_sink", "clip_sink_scaled", "sigmoid_gated",
-    "context_scaled", "sink_gated_channel",
+    "softmax",
+    "sigmoid",
+    "sink_logit",
+    "softmax1",
+    "kv_bias",
+    "context_bias",
+    "ca_scaling",
+    "gated_channel",
+    "clipped_softmax",
+    "kv_sink",
+    "clip_sink_scaled",
+    "sigmoid_gated",
+    "context_scaled",
+    "sink_gated_channel",
 ]
 # (B, H, T, d, dtype): odd lengths, one block and several, a single token, d = 32 / 64 / 128.
 # The interpreter's blocks are 32 x 16 (see sysout/kernels/_common.py).
@@ -194,8 +217,9 @@ def run_case(name, B, H, T, D, dtype, seed=0, sm_scale=None):
 # --------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}T{s[2]}d{s[3]}-"
-                         f"{str(s[4]).split('.')[-1]}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}T{s[2]}d{s[3]}-{str(s[4]).split('.')[-1]}"
+)
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_matches_float64_reference(name, shape):
     run_case(name, *shape)
@@ -298,8 +322,9 @@ def test_return_values_and_order():
     assert lse.shape == (B, H, T)
     o2, mass = fused_attention(q, k, v, return_key_mass=True)
     assert mass.shape == (B, H, T)
-    o3, lse3, mass3 = fused_attention(q, k, v, mode="sigmoid", return_lse=True,
-                                      return_key_mass=True)
+    o3, lse3, mass3 = fused_attention(
+        q, k, v, mode="sigmoid", return_lse=True, return_key_mass=True
+    )
     assert lse3 is None and mass3.shape == (B, H, T)
 
 
@@ -332,18 +357,21 @@ def test_custom_op_registration():
     real kernels (what torch.compile relies on)."""
     B, H, T, D = 1, 2, 17, 32
     gen = torch.Generator().manual_seed(6)
-    q, k, v = (torch.randn(B, H, T, D, generator=gen).to(DEVICE).requires_grad_(True)
-               for _ in range(3))
+    q, k, v = (
+        torch.randn(B, H, T, D, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(3)
+    )
     ek, ev = (torch.randn(H, D, generator=gen).to(DEVICE).requires_grad_(True) for _ in range(2))
     scale = torch.rand(B, H, T, D, generator=gen).to(DEVICE).requires_grad_(True)
     op = torch.ops.sysout.fused_attention_fwd.default
     # context slot, per-channel scale, key mass, unscaled output stored
-    torch.library.opcheck(op, (q, k, v, None, ek, ev, scale, 0, 2, 2, False, 0.2, 1.0, 0.0,
-                               True, True))
+    torch.library.opcheck(
+        op, (q, k, v, None, ek, ev, scale, 0, 2, 2, False, 0.2, 1.0, 0.0, True, True)
+    )
     # clipped softmax with a sink: two forward passes, Delta pass in backward
     sink = torch.randn(H, generator=gen).to(DEVICE).requires_grad_(True)
-    torch.library.opcheck(op, (q, k, v, sink, None, None, None, 2, 0, 0, True, 0.2, 1.1, -0.1,
-                               False, False))
+    torch.library.opcheck(
+        op, (q, k, v, sink, None, None, None, 2, 0, 0, True, 0.2, 1.1, -0.1, False, False)
+    )
 
 
 def test_torch_compile_fullgraph():

@@ -25,9 +25,12 @@ def nanogpt_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     for i in range(L_):
         p = f"transformer.h.{i}."
         sd |= {
-            p + "ln_1.weight": 1 + r(C_), p + "attn.c_attn.weight": r(3 * C_, C_),
-            p + "attn.c_proj.weight": r(C_, C_), p + "ln_2.weight": 1 + r(C_),
-            p + "mlp.c_fc.weight": r(4 * C_, C_), p + "mlp.c_proj.weight": r(C_, 4 * C_),
+            p + "ln_1.weight": 1 + r(C_),
+            p + "attn.c_attn.weight": r(3 * C_, C_),
+            p + "attn.c_proj.weight": r(C_, C_),
+            p + "ln_2.weight": 1 + r(C_),
+            p + "mlp.c_fc.weight": r(4 * C_, C_),
+            p + "mlp.c_proj.weight": r(C_, 4 * C_),
             p + "attn.bias": torch.ones(1, 1, T_, T_).tril(),  # old nanoGPT's causal mask buffer
         }
     sd["transformer.ln_f.weight"] = 1 + r(C_)
@@ -73,11 +76,14 @@ def test_state_dict_keys_are_nanogpts_for_softmax() -> None:
 
 
 def test_variant_parameters_live_inside_attn() -> None:
-    model = build_gpt(dict(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=16),
-                      dict(name="kv_bias"))
+    model = build_gpt(
+        dict(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=16), dict(name="kv_bias")
+    )
     names = {k for k in model.state_dict() if "variant" in k}
-    assert names == {"transformer.h.0.attn.variant.key_bias",
-                     "transformer.h.0.attn.variant.value_bias"}
+    assert names == {
+        "transformer.h.0.attn.variant.key_bias",
+        "transformer.h.0.attn.variant.value_bias",
+    }
 
 
 def test_init_ties_weights_and_scales_residual_projections() -> None:

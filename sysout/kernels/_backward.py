@@ -49,13 +49,36 @@ from ._common import (
 
 @triton.jit
 def attn_bwd_preprocess_kernel(
-    DY, OSaved, Scale, DO, Delta, LSE, E, Q, EV, DE, PartEK, PartEV, DScale,
-    stride_yb, stride_yh, stride_yt,
-    stride_ob, stride_oh, stride_ot,
-    stride_sb, stride_sh, stride_st,
-    stride_db, stride_dh, stride_dt,
-    stride_qb, stride_qh, stride_qt,
-    H, T,
+    DY,
+    OSaved,
+    Scale,
+    DO,
+    Delta,
+    LSE,
+    E,
+    Q,
+    EV,
+    DE,
+    PartEK,
+    PartEV,
+    DScale,
+    stride_yb,
+    stride_yh,
+    stride_yt,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_sb,
+    stride_sh,
+    stride_st,
+    stride_db,
+    stride_dh,
+    stride_dt,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    H,
+    T,
     HEAD_DIM: tl.constexpr,
     MODE: tl.constexpr,
     EXTRA: tl.constexpr,
@@ -81,10 +104,20 @@ def attn_bwd_preprocess_kernel(
     row_ok = offs_m < T
     mask2 = row_ok[:, None]
 
-    dy = tl.load(DY + off_b * stride_yb + off_h * stride_yh + offs_m[:, None] * stride_yt
-                 + offs_d[None, :], mask=mask2, other=0.0).to(tl.float32)
-    x = tl.load(OSaved + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot
-                + offs_d[None, :], mask=mask2, other=0.0).to(tl.float32)
+    dy = tl.load(
+        DY + off_b * stride_yb + off_h * stride_yh + offs_m[:, None] * stride_yt + offs_d[None, :],
+        mask=mask2,
+        other=0.0,
+    ).to(tl.float32)
+    x = tl.load(
+        OSaved
+        + off_b * stride_ob
+        + off_h * stride_oh
+        + offs_m[:, None] * stride_ot
+        + offs_d[None, :],
+        mask=mask2,
+        other=0.0,
+    ).to(tl.float32)
 
     do = dy
     if SCALE != SCALE_NONE:
@@ -95,14 +128,25 @@ def attn_bwd_preprocess_kernel(
             if SCALE_GRAD:
                 tl.store(DScale + row0 + offs_m, tl.sum(dy * x, 1), mask=row_ok)
         else:
-            s = tl.load(S_base + offs_m[:, None] * stride_st + offs_d[None, :],
-                        mask=mask2, other=0.0).to(tl.float32)
+            s = tl.load(
+                S_base + offs_m[:, None] * stride_st + offs_d[None, :], mask=mask2, other=0.0
+            ).to(tl.float32)
             do = dy * s
             if SCALE_GRAD:
-                tl.store(DScale + (row0 + offs_m[:, None]) * HEAD_DIM + offs_d[None, :],
-                         dy * x, mask=mask2)
-        tl.store(DO + off_b * stride_db + off_h * stride_dh + offs_m[:, None] * stride_dt
-                 + offs_d[None, :], do.to(DO.dtype.element_ty), mask=mask2)
+                tl.store(
+                    DScale + (row0 + offs_m[:, None]) * HEAD_DIM + offs_d[None, :],
+                    dy * x,
+                    mask=mask2,
+                )
+        tl.store(
+            DO
+            + off_b * stride_db
+            + off_h * stride_dh
+            + offs_m[:, None] * stride_dt
+            + offs_d[None, :],
+            do.to(DO.dtype.element_ty),
+            mask=mask2,
+        )
 
     if MODE != MODE_SIGMOID:
         delta = tl.sum(do * x, 1) if SAVED_RAW else tl.sum(dy * x, 1)
@@ -126,8 +170,15 @@ def attn_bwd_preprocess_kernel(
             # k' and v' are shared by all queries: write this block's share of
             # dk' = sm_scale * sum_i de_i q_i and dv' = sum_i p0_i dO_i (summed on the host:
             # deterministic, unlike atomics). Padded rows have q = dO = 0.
-            q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt
-                        + offs_d[None, :], mask=mask2, other=0.0).to(tl.float32)
+            q = tl.load(
+                Q
+                + off_b * stride_qb
+                + off_h * stride_qh
+                + offs_m[:, None] * stride_qt
+                + offs_d[None, :],
+                mask=mask2,
+                other=0.0,
+            ).to(tl.float32)
             part = (off_hz.to(tl.int64) * tl.num_programs(0) + start_m) * HEAD_DIM + offs_d
             tl.store(PartEK + part, tl.sum(de[:, None] * q, 0))
             tl.store(PartEV + part, tl.sum(p0[:, None] * do, 0))
@@ -137,12 +188,31 @@ def attn_bwd_preprocess_kernel(
 
 @triton.jit
 def _bwd_kv_inner(
-    dk, dv, mass, k, v,
-    Q_base, DO_base, LSE_row, Delta_row, stride_qt, stride_dot,
-    offs_n, offs_d, lo, hi, T,
-    qk_scale, log2_tk, clip_a, clip_g,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr,
-    MASS_ONLY: tl.constexpr, DOT_PREC: tl.constexpr,
+    dk,
+    dv,
+    mass,
+    k,
+    v,
+    Q_base,
+    DO_base,
+    LSE_row,
+    Delta_row,
+    stride_qt,
+    stride_dot,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    T,
+    qk_scale,
+    log2_tk,
+    clip_a,
+    clip_g,
+    BLOCK_M: tl.constexpr,
+    MASKED: tl.constexpr,
+    MODE: tl.constexpr,
+    MASS_ONLY: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     """Walk queries [lo, hi) for one key block; everything is kept transposed ([keys, queries])
     so that dV = W^T dO and dK = dS^T Q are plain dots."""
@@ -153,8 +223,9 @@ def _bwd_kv_inner(
         row_ok = offs_m < T
         # Padded queries (>= T) load q = dO = Delta = 0 and so contribute nothing to dK / dV;
         # only the key mass has to mask them explicitly.
-        qT = tl.load(Q_base + offs_m[None, :] * stride_qt + offs_d[:, None],
-                     mask=row_ok[None, :], other=0.0)
+        qT = tl.load(
+            Q_base + offs_m[None, :] * stride_qt + offs_d[:, None], mask=row_ok[None, :], other=0.0
+        )
         s2T = tl.dot(k, qT, input_precision=DOT_PREC) * qk_scale
         if MODE == MODE_SIGMOID:
             pT = 1.0 / (1.0 + tl.math.exp2(log2_tk - s2T))
@@ -177,8 +248,11 @@ def _bwd_kv_inner(
         if MASS_ONLY:
             mass += tl.sum(wT, 1)
         else:
-            do = tl.load(DO_base + offs_m[:, None] * stride_dot + offs_d[None, :],
-                         mask=row_ok[:, None], other=0.0)
+            do = tl.load(
+                DO_base + offs_m[:, None] * stride_dot + offs_d[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+            )
             dv = tl.dot(wT.to(do.dtype), do, dv, input_precision=DOT_PREC)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             if MODE == MODE_SIGMOID:
@@ -196,15 +270,40 @@ def _bwd_kv_inner(
 @autotune(bwd_kv_configs(), ["T", "HEAD_DIM", "MODE", "MASS_ONLY"])
 @triton.jit
 def attn_bwd_kv_kernel(
-    Q, K, V, DO, LSE, Delta, DK, DV, Mass,
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_dob, stride_doh, stride_dot,
-    stride_dkb, stride_dkh, stride_dkt,
-    stride_dvb, stride_dvh, stride_dvt,
-    H, T,
-    qk_scale, sm_scale, log2_tk, clip_a, clip_g,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    Delta,
+    DK,
+    DV,
+    Mass,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dkb,
+    stride_dkh,
+    stride_dkt,
+    stride_dvb,
+    stride_dvh,
+    stride_dvt,
+    H,
+    T,
+    qk_scale,
+    sm_scale,
+    log2_tk,
+    clip_a,
+    clip_g,
     HEAD_DIM: tl.constexpr,
     MODE: tl.constexpr,
     MASS_ONLY: tl.constexpr,
@@ -224,13 +323,23 @@ def attn_bwd_kv_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < T
 
-    k = tl.load(K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt
-                + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    k = tl.load(
+        K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :],
+        mask=col_ok[:, None],
+        other=0.0,
+    )
     if MASS_ONLY:
         v = k  # unused
     else:
-        v = tl.load(V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt
-                    + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(
+            V
+            + off_b * stride_vb
+            + off_h * stride_vh
+            + offs_n[:, None] * stride_vt
+            + offs_d[None, :],
+            mask=col_ok[:, None],
+            other=0.0,
+        )
     Q_base = Q + off_b * stride_qb + off_h * stride_qh
     DO_base = DO + off_b * stride_dob + off_h * stride_doh
 
@@ -242,35 +351,111 @@ def attn_bwd_kv_kernel(
     lo = start_n * BLOCK_N
     hi = tl.minimum(lo + BLOCK_N, T)
     dk, dv, mass = _bwd_kv_inner(
-        dk, dv, mass, k, v, Q_base, DO_base, LSE + row0, Delta + row0, stride_qt, stride_dot,
-        offs_n, offs_d, lo, hi, T, qk_scale, log2_tk, clip_a, clip_g,
-        BLOCK_M, True, MODE, MASS_ONLY, DOT_PREC,
+        dk,
+        dv,
+        mass,
+        k,
+        v,
+        Q_base,
+        DO_base,
+        LSE + row0,
+        Delta + row0,
+        stride_qt,
+        stride_dot,
+        offs_n,
+        offs_d,
+        lo,
+        hi,
+        T,
+        qk_scale,
+        log2_tk,
+        clip_a,
+        clip_g,
+        BLOCK_M,
+        True,
+        MODE,
+        MASS_ONLY,
+        DOT_PREC,
     )
     # Queries below the diagonal block see all of them.
     dk, dv, mass = _bwd_kv_inner(
-        dk, dv, mass, k, v, Q_base, DO_base, LSE + row0, Delta + row0, stride_qt, stride_dot,
-        offs_n, offs_d, lo + BLOCK_N, T, T, qk_scale, log2_tk, clip_a, clip_g,
-        BLOCK_M, False, MODE, MASS_ONLY, DOT_PREC,
+        dk,
+        dv,
+        mass,
+        k,
+        v,
+        Q_base,
+        DO_base,
+        LSE + row0,
+        Delta + row0,
+        stride_qt,
+        stride_dot,
+        offs_n,
+        offs_d,
+        lo + BLOCK_N,
+        T,
+        T,
+        qk_scale,
+        log2_tk,
+        clip_a,
+        clip_g,
+        BLOCK_M,
+        False,
+        MODE,
+        MASS_ONLY,
+        DOT_PREC,
     )
 
     if MASS_ONLY:
         tl.store(Mass + row0 + offs_n, mass, mask=col_ok)
     else:
         dk = dk * sm_scale
-        tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt
-                 + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
-        tl.store(DV + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvt
-                 + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(
+            DK
+            + off_b * stride_dkb
+            + off_h * stride_dkh
+            + offs_n[:, None] * stride_dkt
+            + offs_d[None, :],
+            dk.to(DK.dtype.element_ty),
+            mask=col_ok[:, None],
+        )
+        tl.store(
+            DV
+            + off_b * stride_dvb
+            + off_h * stride_dvh
+            + offs_n[:, None] * stride_dvt
+            + offs_d[None, :],
+            dv.to(DV.dtype.element_ty),
+            mask=col_ok[:, None],
+        )
 
 
 @triton.jit
 def _bwd_q_inner(
-    dq, dsum, q, do, lse, delta,
-    K_base, V_base, stride_kt, stride_vt,
-    offs_m, offs_d, lo, hi, T,
-    qk_scale, log2_tk, clip_a, clip_g,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr,
-    DELTA_ONLY: tl.constexpr, DOT_PREC: tl.constexpr,
+    dq,
+    dsum,
+    q,
+    do,
+    lse,
+    delta,
+    K_base,
+    V_base,
+    stride_kt,
+    stride_vt,
+    offs_m,
+    offs_d,
+    lo,
+    hi,
+    T,
+    qk_scale,
+    log2_tk,
+    clip_a,
+    clip_g,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    MODE: tl.constexpr,
+    DELTA_ONLY: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     """Walk keys [lo, hi) for one query block, accumulating dQ (or rowsum(P * dP))."""
     offs_nb = tl.arange(0, BLOCK_N)
@@ -311,14 +496,37 @@ def _bwd_q_inner(
 @autotune(bwd_q_configs(), ["T", "HEAD_DIM", "MODE", "EXTRA", "DELTA_ONLY"])
 @triton.jit
 def attn_bwd_q_kernel(
-    Q, K, V, DO, LSE, Delta, DE, EK, DQ,
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_dob, stride_doh, stride_dot,
-    stride_dqb, stride_dqh, stride_dqt,
-    H, T,
-    qk_scale, sm_scale, log2_tk, clip_a, clip_g,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    Delta,
+    DE,
+    EK,
+    DQ,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dqb,
+    stride_dqh,
+    stride_dqt,
+    H,
+    T,
+    qk_scale,
+    sm_scale,
+    log2_tk,
+    clip_a,
+    clip_g,
     HEAD_DIM: tl.constexpr,
     MODE: tl.constexpr,
     EXTRA: tl.constexpr,
@@ -339,10 +547,20 @@ def attn_bwd_q_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
 
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt
-                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
-                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(
+        Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + off_b * stride_dob
+        + off_h * stride_doh
+        + offs_m[:, None] * stride_dot
+        + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
     lse = tl.zeros([BLOCK_M], dtype=tl.float32)
     delta = tl.zeros([BLOCK_M], dtype=tl.float32)
     if MODE != MODE_SIGMOID:
@@ -356,14 +574,56 @@ def attn_bwd_q_kernel(
     dsum = tl.zeros([BLOCK_M], dtype=tl.float32)
     lo = start_m * BLOCK_M
     dq, dsum = _bwd_q_inner(
-        dq, dsum, q, do, lse, delta, K_base, V_base, stride_kt, stride_vt,
-        offs_m, offs_d, 0, lo, T, qk_scale, log2_tk, clip_a, clip_g,
-        BLOCK_N, False, MODE, DELTA_ONLY, DOT_PREC,
+        dq,
+        dsum,
+        q,
+        do,
+        lse,
+        delta,
+        K_base,
+        V_base,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_d,
+        0,
+        lo,
+        T,
+        qk_scale,
+        log2_tk,
+        clip_a,
+        clip_g,
+        BLOCK_N,
+        False,
+        MODE,
+        DELTA_ONLY,
+        DOT_PREC,
     )
     dq, dsum = _bwd_q_inner(
-        dq, dsum, q, do, lse, delta, K_base, V_base, stride_kt, stride_vt,
-        offs_m, offs_d, lo, tl.minimum(lo + BLOCK_M, T), T, qk_scale, log2_tk, clip_a, clip_g,
-        BLOCK_N, True, MODE, DELTA_ONLY, DOT_PREC,
+        dq,
+        dsum,
+        q,
+        do,
+        lse,
+        delta,
+        K_base,
+        V_base,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_d,
+        lo,
+        tl.minimum(lo + BLOCK_M, T),
+        T,
+        qk_scale,
+        log2_tk,
+        clip_a,
+        clip_g,
+        BLOCK_N,
+        True,
+        MODE,
+        DELTA_ONLY,
+        DOT_PREC,
     )
 
     if DELTA_ONLY:
@@ -375,5 +635,12 @@ def attn_bwd_q_kernel(
             ek = tl.load(EK + off_h * HEAD_DIM + offs_d).to(tl.float32)
             dq += de[:, None] * ek[None, :]
         dq = dq * sm_scale
-        tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt
-                 + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(
+            DQ
+            + off_b * stride_dqb
+            + off_h * stride_dqh
+            + offs_m[:, None] * stride_dqt
+            + offs_d[None, :],
+            dq.to(DQ.dtype.element_ty),
+            mask=row_ok[:, None],
+        )

@@ -32,12 +32,30 @@ from ._common import (
 
 @triton.jit
 def _fwd_inner(
-    acc, l_i, m_i, q, lse,
-    K_base, V_base, stride_kt, stride_vt,
-    offs_m, offs_n, offs_d, lo, hi, T,
-    qk_scale, log2_tk, clip_a, clip_g,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, MODE: tl.constexpr, STATS_ONLY: tl.constexpr,
+    acc,
+    l_i,
+    m_i,
+    q,
+    lse,
+    K_base,
+    V_base,
+    stride_kt,
+    stride_vt,
+    offs_m,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    T,
+    qk_scale,
+    log2_tk,
+    clip_a,
+    clip_g,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    MODE: tl.constexpr,
+    STATS_ONLY: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     """Accumulate keys [lo, hi) into (acc, l_i, m_i). MASKED: apply causal and T bounds."""
@@ -86,15 +104,38 @@ def _fwd_inner(
 )
 @triton.jit
 def attn_fwd_kernel(
-    Q, K, V, Out, OutRaw, LSE, E,
-    Sink, EK, EV, Scale,
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot,
-    stride_sb, stride_sh, stride_st,
-    H, T,
-    qk_scale, log2_tk, clip_a, clip_g,
+    Q,
+    K,
+    V,
+    Out,
+    OutRaw,
+    LSE,
+    E,
+    Sink,
+    EK,
+    EV,
+    Scale,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_sb,
+    stride_sh,
+    stride_st,
+    H,
+    T,
+    qk_scale,
+    log2_tk,
+    clip_a,
+    clip_g,
     HEAD_DIM: tl.constexpr,
     MODE: tl.constexpr,
     HAS_SINK: tl.constexpr,
@@ -128,8 +169,9 @@ def attn_fwd_kernel(
     Q_base = Q + off_b * stride_qb + off_h * stride_qh
     K_base = K + off_b * stride_kb + off_h * stride_kh
     V_base = V + off_b * stride_vb + off_h * stride_vh
-    q = tl.load(Q_base + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
+    q = tl.load(
+        Q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -161,16 +203,60 @@ def attn_fwd_kernel(
     # Keys strictly left of the diagonal block: all valid for every row, no mask.
     lo = start_m * BLOCK_M
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, lse, K_base, V_base, stride_kt, stride_vt,
-        offs_m, offs_n, offs_d, 0, lo, T, qk_scale, log2_tk, clip_a, clip_g,
-        HEAD_DIM, BLOCK_N, False, MODE, STATS_ONLY, DOT_PREC,
+        acc,
+        l_i,
+        m_i,
+        q,
+        lse,
+        K_base,
+        V_base,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_n,
+        offs_d,
+        0,
+        lo,
+        T,
+        qk_scale,
+        log2_tk,
+        clip_a,
+        clip_g,
+        HEAD_DIM,
+        BLOCK_N,
+        False,
+        MODE,
+        STATS_ONLY,
+        DOT_PREC,
     )
     # The diagonal block, stopping at the sequence end.
     hi = tl.minimum(lo + BLOCK_M, T)
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, lse, K_base, V_base, stride_kt, stride_vt,
-        offs_m, offs_n, offs_d, lo, hi, T, qk_scale, log2_tk, clip_a, clip_g,
-        HEAD_DIM, BLOCK_N, True, MODE, STATS_ONLY, DOT_PREC,
+        acc,
+        l_i,
+        m_i,
+        q,
+        lse,
+        K_base,
+        V_base,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_n,
+        offs_d,
+        lo,
+        hi,
+        T,
+        qk_scale,
+        log2_tk,
+        clip_a,
+        clip_g,
+        HEAD_DIM,
+        BLOCK_N,
+        True,
+        MODE,
+        STATS_ONLY,
+        DOT_PREC,
     )
 
     if MODE == MODE_SOFTMAX:
@@ -184,8 +270,9 @@ def attn_fwd_kernel(
                 # p0 = exp(e) / (exp(e) + sum_j exp(s_j)) = sigmoid(e - LSE_real)
                 p0 = 1.0 / (1.0 + tl.math.exp2(lse - e2))
                 o = o + p0[:, None] * ev[None, :]
-        out_offs = off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot \
-            + offs_d[None, :]
+        out_offs = (
+            off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+        )
         if STORE_RAW:
             tl.store(OutRaw + out_offs, o.to(OutRaw.dtype.element_ty), mask=row_ok[:, None])
         if SCALE != SCALE_NONE:
@@ -194,7 +281,10 @@ def attn_fwd_kernel(
                 s = tl.load(S_base + offs_m * stride_st, mask=row_ok, other=0.0)
                 o = o * s.to(tl.float32)[:, None]
             elif SCALE == SCALE_CHANNEL:
-                s = tl.load(S_base + offs_m[:, None] * stride_st + offs_d[None, :],
-                            mask=row_ok[:, None], other=0.0)
+                s = tl.load(
+                    S_base + offs_m[:, None] * stride_st + offs_d[None, :],
+                    mask=row_ok[:, None],
+                    other=0.0,
+                )
                 o = o * s.to(tl.float32)
         tl.store(Out + out_offs, o.to(Out.dtype.element_ty), mask=row_ok[:, None])

@@ -138,8 +138,15 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _forward(
-    q: Tensor, k: Tensor, v: Tensor, sink: Tensor | None, ek: Tensor | None,
-    ev: Tensor | None, scale: Tensor | None, spec: _Spec, store_raw: bool,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sink: Tensor | None,
+    ek: Tensor | None,
+    ev: Tensor | None,
+    scale: Tensor | None,
+    spec: _Spec,
+    store_raw: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Launch the forward pass(es). Returns (Y, O or None, LSE2 or None, E2 or None)."""
     B, H, T, D = q.shape
@@ -156,14 +163,35 @@ def _forward(
 
     def launch(mode: int, stats_only: bool) -> None:
         attn_fwd_kernel[grid](
-            q, k, v, out, dummy(raw), dummy(lse), dummy(e2),
-            dummy(sink), dummy(ek), dummy(ev), dummy(scale),
-            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
+            q,
+            k,
+            v,
+            out,
+            dummy(raw),
+            dummy(lse),
+            dummy(e2),
+            dummy(sink),
+            dummy(ek),
+            dummy(ev),
+            dummy(scale),
+            *_strides3(q),
+            *_strides3(k),
+            *_strides3(v),
+            *_strides3(out),
             *_strides3(scale),
-            H, T,
-            spec.qk_scale, math.log2(T), spec.clip_a, spec.clip_g,
-            HEAD_DIM=D, MODE=mode, HAS_SINK=spec.has_sink, EXTRA=spec.extra,
-            SCALE=spec.scale, STORE_RAW=store_raw, STATS_ONLY=stats_only,
+            H,
+            T,
+            spec.qk_scale,
+            math.log2(T),
+            spec.clip_a,
+            spec.clip_g,
+            HEAD_DIM=D,
+            MODE=mode,
+            HAS_SINK=spec.has_sink,
+            EXTRA=spec.extra,
+            SCALE=spec.scale,
+            STORE_RAW=store_raw,
+            STATS_ONLY=stats_only,
             DOT_PREC=_dot_precision(q.dtype),
         )
 
@@ -182,20 +210,51 @@ def _key_mass(q: Tensor, k: Tensor, lse: Tensor | None, spec: _Spec) -> Tensor:
     lse = lse if lse is not None else mass
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)
     attn_bwd_kv_kernel[grid](
-        q, k, k, q, lse, lse, q, q, mass,
-        *_strides3(q), *_strides3(k), *_strides3(k), *_strides3(q), *_strides3(q),
+        q,
+        k,
+        k,
+        q,
+        lse,
+        lse,
+        q,
+        q,
+        mass,
         *_strides3(q),
-        H, T,
-        spec.qk_scale, spec.sm_scale, math.log2(T), spec.clip_a, spec.clip_g,
-        HEAD_DIM=D, MODE=spec.mode, MASS_ONLY=True, DOT_PREC=_dot_precision(q.dtype),
+        *_strides3(k),
+        *_strides3(k),
+        *_strides3(q),
+        *_strides3(q),
+        *_strides3(q),
+        H,
+        T,
+        spec.qk_scale,
+        spec.sm_scale,
+        math.log2(T),
+        spec.clip_a,
+        spec.clip_g,
+        HEAD_DIM=D,
+        MODE=spec.mode,
+        MASS_ONLY=True,
+        DOT_PREC=_dot_precision(q.dtype),
     )
     return mass
 
 
 def _backward(
-    dy: Tensor, q: Tensor, k: Tensor, v: Tensor, o_saved: Tensor, lse: Tensor | None,
-    e2: Tensor | None, sink: Tensor | None, ek: Tensor | None, ev: Tensor | None,
-    scale: Tensor | None, spec: _Spec, saved_raw: bool, needs: tuple[bool, ...],
+    dy: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o_saved: Tensor,
+    lse: Tensor | None,
+    e2: Tensor | None,
+    sink: Tensor | None,
+    ek: Tensor | None,
+    ev: Tensor | None,
+    scale: Tensor | None,
+    spec: _Spec,
+    saved_raw: bool,
+    needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, ...]:
     """Gradients for (q, k, v, sink, ek, ev, scale), None where not needed."""
     B, H, T, D = q.shape
@@ -217,13 +276,33 @@ def _backward(
 
     if spec.mode != _SIGMOID or spec.scale != _NO_SCALE:
         attn_bwd_preprocess_kernel[(n_pre, B * H)](
-            dy, o_saved, dummy(scale), do, dummy(delta), dummy(lse), dummy(e2), q, dummy(ev),
-            dummy(de), dummy(part_ek), dummy(part_ev), dummy(dscale),
-            *_strides3(dy), *_strides3(o_saved), *_strides3(scale), *_strides3(do),
+            dy,
+            o_saved,
+            dummy(scale),
+            do,
+            dummy(delta),
+            dummy(lse),
+            dummy(e2),
+            q,
+            dummy(ev),
+            dummy(de),
+            dummy(part_ek),
+            dummy(part_ev),
+            dummy(dscale),
+            *_strides3(dy),
+            *_strides3(o_saved),
+            *_strides3(scale),
+            *_strides3(do),
             *_strides3(q),
-            H, T,
-            HEAD_DIM=D, MODE=spec.mode, EXTRA=spec.extra, SCALE=spec.scale,
-            SAVED_RAW=saved_raw, SCALE_GRAD=scale_grad, BLOCK_M=PRE_BLOCK_M,
+            H,
+            T,
+            HEAD_DIM=D,
+            MODE=spec.mode,
+            EXTRA=spec.extra,
+            SCALE=spec.scale,
+            SAVED_RAW=saved_raw,
+            SCALE_GRAD=scale_grad,
+            BLOCK_M=PRE_BLOCK_M,
         )
     common = (spec.qk_scale, spec.sm_scale, math.log2(T), spec.clip_a, spec.clip_g)
     q_grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
@@ -231,29 +310,82 @@ def _backward(
 
     if spec.mode == _CLIP:  # Delta_i = sum_j P_ij dP_ij needs its own pass over the keys
         attn_bwd_q_kernel[q_grid](
-            q, k, v, do, lse, delta, q, q, q,
-            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(q),
-            H, T, *common,
-            HEAD_DIM=D, MODE=spec.mode, EXTRA=_NO_EXTRA, DELTA_ONLY=True, DOT_PREC=prec,
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            q,
+            q,
+            q,
+            *_strides3(q),
+            *_strides3(k),
+            *_strides3(v),
+            *_strides3(do),
+            *_strides3(q),
+            H,
+            T,
+            *common,
+            HEAD_DIM=D,
+            MODE=spec.mode,
+            EXTRA=_NO_EXTRA,
+            DELTA_ONLY=True,
+            DOT_PREC=prec,
         )
 
     dq = dk = dv = None
     if needs[1] or needs[2]:
         dk, dv = _empty_like_layout(k), _empty_like_layout(v)
         attn_bwd_kv_kernel[kv_grid](
-            q, k, v, do, dummy(lse), dummy(delta), dk, dv, q,
-            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(dk),
+            q,
+            k,
+            v,
+            do,
+            dummy(lse),
+            dummy(delta),
+            dk,
+            dv,
+            q,
+            *_strides3(q),
+            *_strides3(k),
+            *_strides3(v),
+            *_strides3(do),
+            *_strides3(dk),
             *_strides3(dv),
-            H, T, *common,
-            HEAD_DIM=D, MODE=spec.mode, MASS_ONLY=False, DOT_PREC=prec,
+            H,
+            T,
+            *common,
+            HEAD_DIM=D,
+            MODE=spec.mode,
+            MASS_ONLY=False,
+            DOT_PREC=prec,
         )
     if needs[0]:
         dq = _empty_like_layout(q)
         attn_bwd_q_kernel[q_grid](
-            q, k, v, do, dummy(lse), dummy(delta), dummy(de), dummy(ek), dq,
-            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), *_strides3(dq),
-            H, T, *common,
-            HEAD_DIM=D, MODE=spec.mode, EXTRA=spec.extra, DELTA_ONLY=False, DOT_PREC=prec,
+            q,
+            k,
+            v,
+            do,
+            dummy(lse),
+            dummy(delta),
+            dummy(de),
+            dummy(ek),
+            dq,
+            *_strides3(q),
+            *_strides3(k),
+            *_strides3(v),
+            *_strides3(do),
+            *_strides3(dq),
+            H,
+            T,
+            *common,
+            HEAD_DIM=D,
+            MODE=spec.mode,
+            EXTRA=spec.extra,
+            DELTA_ONLY=False,
+            DOT_PREC=prec,
         )
 
     dsink = dek = dev_ = None
@@ -333,8 +465,20 @@ def _bwd_op(dy, q, k, v, o_saved, lse, e2, sink, ek, ev, scale, *rest):
     *spec_args, saved_raw, needs = rest
     spec = _spec(*spec_args)
     grads = _backward(
-        dy, q, k, v, o_saved, lse if lse.numel() else None, e2 if e2.numel() else None,
-        sink, ek, ev, scale, spec, saved_raw, tuple(needs),
+        dy,
+        q,
+        k,
+        v,
+        o_saved,
+        lse if lse.numel() else None,
+        e2 if e2.numel() else None,
+        sink,
+        ek,
+        ev,
+        scale,
+        spec,
+        saved_raw,
+        tuple(needs),
     )
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
@@ -467,10 +611,22 @@ def fused_attention(
     # dScale needs the unscaled output O; otherwise Y alone is enough (Delta = rowsum(dY * Y)).
     store_raw = out_scale is not None and out_scale.requires_grad and torch.is_grad_enabled()
     o, _, lse2, e2, mass = torch.ops.sysout.fused_attention_fwd(
-        _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v),
-        contig(sink_logit), contig(extra_key), contig(extra_value), out_scale,
-        spec.mode, spec.extra, spec.scale, spec.has_sink, spec.sm_scale, spec.clip_a,
-        spec.clip_g, spec.return_mass, store_raw,
+        _lastdim_contiguous(q),
+        _lastdim_contiguous(k),
+        _lastdim_contiguous(v),
+        contig(sink_logit),
+        contig(extra_key),
+        contig(extra_value),
+        out_scale,
+        spec.mode,
+        spec.extra,
+        spec.scale,
+        spec.has_sink,
+        spec.sm_scale,
+        spec.clip_a,
+        spec.clip_g,
+        spec.return_mass,
+        store_raw,
     )
     # LSE and key mass are statistics: detached, so that nobody backpropagates into them.
     lse = None
