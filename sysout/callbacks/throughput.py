@@ -52,6 +52,7 @@ class ThroughputCallback(L.Callback):
         self._meter: Throughput | None = None
         self._start = 0.0
         self._tokens = 0
+        self._tokens_at_update = 0
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -62,6 +63,7 @@ class ThroughputCallback(L.Callback):
         self._flops_per_token = flops_per_token(pl_module.model)
         self._start = time.perf_counter()
         self._tokens = 0
+        self._tokens_at_update = 0
         self._last_step = trainer.global_step
 
     def on_train_batch_end(
@@ -75,12 +77,13 @@ class ThroughputCallback(L.Callback):
             torch.cuda.synchronize(pl_module.device)
         elapsed = time.perf_counter() - self._start
         assert self._meter is not None
-        # Cumulative counters, as Throughput expects; flops are per device.
+        # Time, batches and samples are cumulative; flops are those since the last update.
+        new_tokens, self._tokens_at_update = self._tokens - self._tokens_at_update, self._tokens
         self._meter.update(
             time=elapsed,
             batches=trainer.global_step,
             samples=self._tokens,
-            flops=self._tokens * self._flops_per_token,
+            flops=new_tokens * self._flops_per_token,
         )
         if trainer.global_step % self.log_every_n_steps:
             return
