@@ -49,6 +49,11 @@ class PreemptionCheckpoint(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
         path = self.checkpoint_path(trainer)
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint):
+            # Make it ModelCheckpoint's own "last", so a resumed run overwrites it in place
+            # instead of writing last-v1.ckpt beside it.
+            ckpt.last_model_path = str(path)
         trainer.save_checkpoint(path)
         self.saved_path = str(path)
         log.warning("preemption checkpoint saved at step %d: %s", trainer.global_step, path)

@@ -89,6 +89,8 @@ class GPTLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        if self._trainer is not None:
+            align_batch_progress(checkpoint, self.trainer.accumulate_grad_batches)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: MeanMetric) -> None:
         x, y = batch
@@ -145,3 +147,21 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def align_batch_progress(checkpoint: dict[str, Any], accumulate: int) -> None:
+    """Put the restored micro-batch counter on the checkpoint's optimizer-step boundary.
+
+    A checkpoint saved inside ``on_train_batch_end`` records the current batch as not yet
+    completed, and Lightning resumes counting from there: one micro-batch short of the step
+    boundary, which misaligns every later accumulation window. Our data stream restarts at
+    ``global_step x accumulate`` micro-batches (see TextDataModule), so the counter must too.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not progress:
+        return
+    done = checkpoint["global_step"] * accumulate
+    current, total = progress["current"], progress["total"]
+    for key in ("ready", "started", "processed", "completed"):
+        total[key] += done - current[key]
+        current[key] = done
