@@ -104,7 +104,10 @@ class AttentionVariant(nn.Module):
     def resolved_impl(self, q: Tensor) -> str:
         if self.impl != "auto":
             return self.impl
-        return "triton" if (q.is_cuda and self.fused) else "reference"
+        from sysout.kernels import SUPPORTED_HEAD_DIMS
+
+        fusable = q.is_cuda and self.fused and self.head_dim in SUPPORTED_HEAD_DIMS
+        return "triton" if fusable else "reference"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         if self.resolved_impl(q) == "reference":

@@ -50,6 +50,7 @@ and, with an extra slot, its logit: O(B H T d), as for FlashAttention.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -416,6 +417,11 @@ def _spec(mode, extra, scale_kind, has_sink, sm_scale, clip_a, clip_g, return_ma
     return _Spec(mode, extra, scale_kind, has_sink, sm_scale, clip_a, clip_g, return_mass)
 
 
+def _on_device(t: Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' (e.g. cuda:1)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 @torch.library.custom_op(
     "sysout::fused_attention_fwd",
     mutates_args=(),
@@ -426,8 +432,9 @@ def _fwd_op(q, k, v, sink, ek, ev, scale, *spec_and_store):
     """(Y, O or empty, LSE2 or empty, E2 or empty, key mass or empty)."""
     *spec_args, store_raw = spec_and_store
     spec = _spec(*spec_args)
-    out, raw, lse, e2 = _forward(q, k, v, sink, ek, ev, scale, spec, store_raw)
-    mass = _key_mass(q, k, lse, spec) if spec.return_mass else None
+    with _on_device(q):
+        out, raw, lse, e2 = _forward(q, k, v, sink, ek, ev, scale, spec, store_raw)
+        mass = _key_mass(q, k, lse, spec) if spec.return_mass else None
     none = lambda: q.new_empty(0, dtype=torch.float32)  # outputs must be fresh tensors
     return (
         out,
@@ -464,22 +471,23 @@ def _bwd_op(dy, q, k, v, o_saved, lse, e2, sink, ek, ev, scale, *rest):
     """Gradients of (q, k, v, sink, extra_key, extra_value, out_scale); empty where not needed."""
     *spec_args, saved_raw, needs = rest
     spec = _spec(*spec_args)
-    grads = _backward(
-        dy,
-        q,
-        k,
-        v,
-        o_saved,
-        lse if lse.numel() else None,
-        e2 if e2.numel() else None,
-        sink,
-        ek,
-        ev,
-        scale,
-        spec,
-        saved_raw,
-        tuple(needs),
-    )
+    with _on_device(q):
+        grads = _backward(
+            dy,
+            q,
+            k,
+            v,
+            o_saved,
+            lse if lse.numel() else None,
+            e2 if e2.numel() else None,
+            sink,
+            ek,
+            ev,
+            scale,
+            spec,
+            saved_raw,
+            tuple(needs),
+        )
     return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
 

@@ -104,7 +104,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def keep_global_batch(trainer: L.Trainer) -> None:
     """The configured accumulation is for one device: divide it by the world size, so the global
-    batch (batch_size x accumulation x devices) stays what the config says (nanoGPT does the same).
+    batch (batch_size x accumulation x devices) stays what the config says (nanoGPT does the same),
+    and the validation interval with it, so validation stays every as many optimizer steps.
     """
     world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
     if world > 1:
@@ -114,6 +115,9 @@ def keep_global_batch(trainer: L.Trainer) -> None:
                 f"{world} devices: the global batch could not stay as configured"
             )
         trainer.accumulate_grad_batches = accumulate // world
+        if isinstance(trainer.val_check_interval, int):
+            # The interval counts this device's micro-batches: keep it the same optimizer steps.
+            trainer.val_check_interval = max(1, trainer.val_check_interval // world)
         log.info(
             "global batch kept: accumulation %d -> %d per device on %d devices",
             accumulate,
@@ -159,6 +163,8 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def _report(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, float]) -> None:
+    if not trainer.is_global_zero:  # other ranks hold dummy loggers and print nothing
+        return
     lines = ["", "=== sysout run finished ==="]
     for key in ("val/loss", "val/ppl", "test/loss", "test/ppl"):
         if key in metrics:
