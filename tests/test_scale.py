@@ -166,12 +166,12 @@ def test_nan_loss_can_skip_the_batch_instead(compose_train, tmp_path) -> None:
 
 
 class SendSigterm(L.Callback):
-    def __init__(self, at_batch: int) -> None:
-        self.at_batch = at_batch
+    def __init__(self, at_batch: int, signame: str = "SIGTERM") -> None:
+        self.at_batch, self.signum = at_batch, getattr(signal, signame)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.at_batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def test_sigterm_leaves_a_resumable_checkpoint_at_a_step_boundary(compose_train, tmp_path) -> None:
@@ -197,6 +197,23 @@ def test_sigterm_leaves_a_resumable_checkpoint_at_a_step_boundary(compose_train,
     metrics = train(resumed)
     assert torch.load(last, weights_only=False)["global_step"] == 4
     assert math.isfinite(metrics["val/loss"])
+
+
+def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler(
+    compose_train, tmp_path
+) -> None:
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        cfg = compose_train(*BASE, "trainer.max_steps=50", "trainer.val_check_interval=50")
+        _with_callback(cfg, f"{__name__}.SendSigterm", at_batch=2, signame="SIGUSR2")
+        train(cfg)
+        # submitit's handler (here: the recorder) runs once, after the checkpoint exists
+        assert calls == [signal.SIGUSR2]
+        ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 3
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_cluster_configs_compose(compose_train) -> None:

@@ -15,25 +15,29 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM, finish the current optimizer step, save ``last.ckpt`` where the
-    ModelCheckpoint callback keeps it (so ``ckpt_path=last`` resumes), and stop.
+    """On SIGTERM (or SIGUSR2, which submitit asks SLURM to send ``signal_delay_s`` before the
+    time limit), finish the current optimizer step, save ``last.ckpt`` where the ModelCheckpoint
+    callback keeps it (so ``ckpt_path=last`` resumes), stop, and hand the signal to the handler
+    that was installed before (submitit's requeues the job).
 
     Saving at a step boundary keeps resumption exact under gradient accumulation: a checkpoint
     taken mid-accumulation would lose the partial gradient and misalign the micro-batch counter.
     """
 
     def __init__(
-        self, signals: tuple[str, ...] = ("SIGTERM",), filename: str = "last.ckpt"
+        self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR2"), filename: str = "last.ckpt"
     ) -> None:
         self.signals = tuple(getattr(signal, name) for name in signals)
         self.filename = filename
         self.requested = False
         self.saved_path: str | None = None
         self._previous: dict[int, object] = {}
+        self._signum: int | None = None
 
     def _handler(self, signum, frame) -> None:
         log.warning("received signal %s: checkpointing at the next optimizer step", signum)
         self.requested = True
+        self._signum = signum
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -58,6 +62,17 @@ class PreemptionCheckpoint(L.Callback):
         self.saved_path = str(path)
         log.warning("preemption checkpoint saved at step %d: %s", trainer.global_step, path)
         trainer.should_stop = True
+        previous = self._previous.get(self._signum)
+        self.on_train_end(trainer, pl_module)
+        # Hand over to whoever listened before (submitit requeues the job on SIGUSR2), but not to
+        # Lightning's own handler, which would abort the clean stop with SIGTERMException.
+        owner = getattr(previous, "__module__", None) or ""
+        if (
+            callable(previous)
+            and previous is not signal.default_int_handler
+            and not (owner.startswith("lightning"))
+        ):
+            previous(self._signum, None)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for sig, previous in self._previous.items():
