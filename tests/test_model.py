@@ -126,3 +126,31 @@ def test_bad_model_config_is_rejected_with_the_fix() -> None:
         GPT(GPTConfig(block_size=4, vocab_size=8, n_layer=1, n_head=1, n_embd=4))(
             torch.zeros(1, 5, dtype=torch.long)
         )
+
+
+def test_weight_decay_groups_survive_fsdp_style_wrapping_and_flattening() -> None:
+    from torch import nn
+
+    from sysout.training.optim import decayed_names, parameter_groups
+
+    model = build_gpt(
+        dict(n_layer=1, n_head=2, n_embd=8, block_size=4, vocab_size=16), dict(name="kv_bias")
+    )
+    names = decayed_names(model)
+    assert "transformer.h.0.mlp.c_fc.weight" in names and "lm_head.weight" not in names  # tied
+    assert "transformer.h.0.ln_1.weight" not in names
+    assert "transformer.h.0.attn.variant.key_bias" not in names  # a learned bias, 2-D
+
+    class Wrapper(nn.Module):  # what FSDP does: a wrapper prefix and 1-D flattened parameters
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self._fsdp_wrapped_module = inner
+
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[key] = nn.Parameter(p.detach().reshape(-1))
+    wrapped = Wrapper(model)
+    decay, no_decay = parameter_groups(wrapped, 0.1, names)
+    assert len(decay["params"]) == len(names) and all(p.dim() == 1 for p in decay["params"])
+    assert len(no_decay["params"]) == sum(1 for _ in wrapped.parameters()) - len(names)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor
 
 from sysout.data import FixedWindows, get_tokenizer
@@ -111,6 +112,11 @@ class OutlierCallback(Callback):
 
     # ------------------------------------------------------------------------- Lightning hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(trainer.strategy, FSDPStrategy):
+            # Rank 0 alone cannot run sharded blocks (their all-gathers need every rank).
+            log.warning("outlier probe disabled under FSDP; evaluate.py probes the checkpoints")
+            self.every_n_steps, self.at_train_start, self.at_train_end = 0, False, False
+            return
         if not trainer.is_global_zero:
             return
         self._setup_wandb(trainer)

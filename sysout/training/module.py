@@ -9,10 +9,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
 from sysout.model import GPT, build_gpt
-from sysout.training.optim import OptimConfig, build_adamw, lr_factor
+from sysout.training.optim import OptimConfig, build_adamw, decayed_names, lr_factor
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -43,6 +44,7 @@ class GPTLitModule(L.LightningModule):
         self.model: GPT = build_gpt(model, attention)
         self.optim_cfg = OptimConfig(**(optim or {}))
         self.compile_model = compile
+        self.decayed = decayed_names(self.model)  # before any FSDP wrapping flattens shapes
         self.on_nonfinite_loss = on_nonfinite_loss
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
@@ -77,6 +79,16 @@ class GPTLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x.size(0))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.size(0))
         return loss
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDP precision refuses norm clipping; the FSDP root computes the
+            # global norm over all shards itself.
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _nonfinite(self, loss: torch.Tensor) -> bool:
         bad = not bool(torch.isfinite(loss))
@@ -116,7 +128,7 @@ class GPTLitModule(L.LightningModule):
         self._log_eval("test", self.test_loss)
 
     def configure_optimizers(self):
-        optimizer = build_adamw(self.model, self.optim_cfg)
+        optimizer = build_adamw(self.model, self.optim_cfg, self.decayed)
         decay_steps = self.optim_cfg.decay_steps
         if decay_steps is None:
             max_steps = self.trainer.max_steps if self.trainer is not None else -1

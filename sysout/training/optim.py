@@ -29,27 +29,50 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay 2-D parameters (matmul weights, embeddings) except those marked ``_no_weight_decay``
-    (learned attention biases); never decay vectors (LayerNorm gains, biases, sink logits)."""
+# Wrappers that FSDP and activation checkpointing insert into parameter names.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def plain_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def decayed_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that take weight decay: 2-D ones (matmul weights, embeddings)
+    except those marked ``_no_weight_decay`` (learned attention biases); never vectors
+    (LayerNorm gains, biases, sink logits). Decide on the unwrapped model: FSDP flattens
+    parameters to 1-D shards, after which their shape no longer tells."""
+    return {
+        plain_name(n)
+        for n, p in model.named_parameters()
+        if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)
+    }
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay: set[str] | None = None
+) -> list[dict]:
+    """AdamW groups: ``decay`` (default :func:`decayed_names` of ``model``) with weight decay."""
+    decay_names = decayed_names(model) if decay is None else decay
     decay, no_decay = [], []
-    for p in model.parameters():  # tied weights appear once
+    for name, p in model.named_parameters():  # tied weights appear once
         if not p.requires_grad:
             continue
-        if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False):
-            decay.append(p)
-        else:
-            no_decay.append(p)
+        (decay if plain_name(name) in decay_names else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
 
-def build_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_adamw(
+    model: nn.Module, cfg: OptimConfig, decay: set[str] | None = None
+) -> torch.optim.AdamW:
     fused = all(p.is_cuda for p in model.parameters())
     return torch.optim.AdamW(
-        parameter_groups(model, cfg.weight_decay),
+        parameter_groups(model, cfg.weight_decay, decay),
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
