@@ -160,6 +160,10 @@ def evaluate_methods(
         result.seconds = time.perf_counter() - start
         sums, hooks = model_fingerprint(model)
         if hooks != reference[1] or not torch.equal(sums, reference[0]):
+            result.error = "did not restore the model; later methods not run"
+            results.append(result)
+            if on_done is not None:
+                on_done(result)
             raise RuntimeError(f"method {spec!r} did not restore the model; stopping here")
         results.append(result)
         if on_done is not None:

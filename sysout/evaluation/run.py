@@ -209,7 +209,11 @@ def evaluate_checkpoint(
 
         measure = _measure(eval_tokens, block, stride, cfg, desc="windows")
 
+        result.methods = []
+
         def done(r) -> None:
+            # Recorded as they finish, so an abort later keeps what was measured.
+            result.methods.append(r)
             bar.set_postfix_str(f"{r.method}: ppl {r.ppl:.4g}")
             bar.update(1)
 
@@ -220,9 +224,7 @@ def evaluate_checkpoint(
             leave=False,
             disable=not cfg.progress,
         ) as bar:
-            result.methods = evaluate_methods(
-                model, methods, measure, calibration, cal_error, on_done=done
-            )
+            evaluate_methods(model, methods, measure, calibration, cal_error, on_done=done)
         if cfg.outlier_report:
             _outliers(
                 result,
@@ -263,7 +265,8 @@ def _validation(
         windows = cfg.val.windows
         if windows is None and run_cfg is not None:
             windows = OmegaConf.select(run_cfg, "data.val_windows", default=None)
-        windows = int(windows or 64)
+        # Only whole windows, as training's FixedWindows: a short tail would change the figure.
+        windows = min(int(windows or 64), (len(tokens) - 1) // block)
         measure = _measure(tokens[: windows * block + 1], block, None, cfg, desc="val")
         res = measure(model)
         result.val_loss = res.nll
