@@ -590,3 +590,17 @@ def test_every_method_changes_the_output_and_restores():
         assert recs[0].n_changed == 1 and recs[1].config.name == "W8A8"
     assert_same_state(model, ref)
     plant.remove()
+
+
+def test_per_tensor_activation_scale_is_per_sequence_so_batching_does_not_matter() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4, bias=False)
+    model = torch.nn.Sequential(layer)
+    calm = torch.randn(1, 5, 8)
+    loud = calm.clone()
+    loud[0, 0, 0] = 2000.0  # a massive activation in another window of the same batch
+    cfg = QuantConfig(w_bits=None, a_bits=8, a_granularity="per_tensor")
+    with quantized(model, cfg):
+        alone = model(calm)
+        batched = model(torch.cat([calm, loud]))[:1]
+    torch.testing.assert_close(batched, alone)

@@ -15,8 +15,9 @@ result is cast back to the input dtype (for bf16/fp16 inputs the grid points are
 rounded to that dtype).
 
 Granularity (which values share one scale):
-  * ``per_tensor``  - one scale for the whole tensor (for activations: the whole batch tensor,
-    i.e. dynamic per-tensor quantization);
+  * ``per_tensor``  - one scale for the whole tensor (for activations [B, T, C]: one per
+    sequence, i.e. dynamic per-tensor quantization as if each window ran alone, so results do
+    not depend on how many windows an evaluation batches together);
   * ``per_channel`` - one scale per slice along dim 0: for a Linear weight [out, in] that is one
     scale per output row (output channel), the usual weight granularity;
   * ``per_token``   - one scale per vector along the last dim: for an activation [B, T, C] one
@@ -268,12 +269,17 @@ class QuantRecord:
 
 
 def _make_act_hook(bits: int, granularity: str):
+    def quantize(x: torch.Tensor) -> torch.Tensor:
+        if granularity == "per_tensor" and x.dim() >= 3:
+            return fake_quantize(x, bits, "per_channel")  # one scale per sequence (dim 0)
+        return fake_quantize(x, bits, granularity)
+
     def hook(module: nn.Module, args: tuple, kwargs: dict):
         if args:
-            return (fake_quantize(args[0], bits, granularity), *args[1:]), kwargs
+            return (quantize(args[0]), *args[1:]), kwargs
         if "input" in kwargs:
             kwargs = dict(kwargs)
-            kwargs["input"] = fake_quantize(kwargs["input"], bits, granularity)
+            kwargs["input"] = quantize(kwargs["input"])
             return args, kwargs
         return None
 
