@@ -305,3 +305,22 @@ def test_evaluate_a_trained_sweep(tmp_path, shared_dir, token_cache_dir):
         assert (out / label / "consistency.csv").is_file()
         assert list((out / label).glob("*.png"))
     assert [r["label"] for r in _read_csv(out / "outliers.csv")] == ["0_softmax", "1_kv_bias"]
+
+
+def test_unloadable_run_text_falls_back_to_the_configured_one(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from sysout.evaluation.run import Texts, _load_source
+
+    fallback = tmp_path / "fallback.txt"
+    fallback.write_text("A local text that is there. " * 20)
+    run_cfg = OmegaConf.create(
+        {"data": {"splits": {"val": {"kind": "local", "path": str(tmp_path / "moved.txt")}}}}
+    )
+    texts = Texts(str(tmp_path / "cache"), None)
+    tokens, source, origin = _load_source(
+        texts, "val", {"kind": "local", "path": str(fallback)}, run_cfg, "val"
+    )
+    assert origin == "fallback" and source["path"] == str(fallback) and len(tokens) > 100
+    with pytest.raises(Exception, match="moved.txt"):  # without a fallback the error stands
+        _load_source(texts, "val", None, run_cfg, "val")

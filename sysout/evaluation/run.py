@@ -130,6 +130,25 @@ def _run_source(
     return dict(fallback), "fallback"
 
 
+def _load_source(
+    texts: Texts, spec: Any, fallback: Any, run_cfg: DictConfig | None, where: str
+) -> tuple[np.ndarray | None, dict[str, Any] | None, str]:
+    """Tokens of :func:`_run_source`; when the run's own split cannot be loaded (a hub corpus
+    offline, a moved file), the fallback instead. Returns (tokens, source, origin)."""
+    source, origin = _run_source(spec, fallback, run_cfg, where)
+    if source is None:
+        return None, None, origin
+    try:
+        return texts.load(source, where, f"{where}.source"), source, origin
+    except Exception as err:  # noqa: BLE001  (any loading failure: try the fallback)
+        fallback = _plain(fallback)
+        if origin == "fallback" or fallback is None:
+            raise
+        log.warning("%s: the run's text failed to load (%s); using %s.fallback", where, err, where)
+        source = dict(fallback)
+        return texts.load(source, where, f"{where}.fallback"), source, "fallback"
+
+
 def _instantiate_loggers(cfg: DictConfig) -> list[Any]:
     """The ``logger`` group's entries; W&B runs get this evaluation's name, group and tags
     instead of the training ones (which name an attention variant)."""
@@ -258,10 +277,11 @@ def _validation(
     """The run's validation loss (train.py's val/loss: the first ``windows`` non-overlapping
     windows of its val split). A missing val text is a problem noted in the row, not a failure."""
     try:
-        source, origin = _run_source(cfg.val.source, cfg.val.fallback, run_cfg, "val")
-        if source is None:
+        tokens, source, origin = _load_source(
+            texts, cfg.val.source, cfg.val.fallback, run_cfg, "val"
+        )
+        if tokens is None:
             return None
-        tokens = texts.load(source, "val", "val.source")
         windows = cfg.val.windows
         if windows is None and run_cfg is not None:
             windows = OmegaConf.select(run_cfg, "data.val_windows", default=None)
@@ -287,10 +307,9 @@ def _calibration_batches(
 ) -> tuple[list[torch.Tensor] | None, str | None]:
     c = cfg.calibration
     try:
-        source, origin = _run_source(c.source, c.fallback, run_cfg, "calibration")
-        if source is None:
+        tokens, source, origin = _load_source(texts, c.source, c.fallback, run_cfg, "calibration")
+        if tokens is None:
             raise DataSourceError("calibration.source is null")
-        tokens = texts.load(source, "calibration", "calibration.source")
         batches = _calibration(tokens, block, int(c.windows), int(cfg.batch_size), int(c.seed))
         result.info.update(
             calibration_text=source.get("path"),
