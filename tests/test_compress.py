@@ -604,3 +604,18 @@ def test_per_tensor_activation_scale_is_per_sequence_so_batching_does_not_matter
         alone = model(calm)
         batched = model(torch.cat([calm, loud]))[:1]
     torch.testing.assert_close(batched, alone)
+
+
+def test_mitigation_thresholds_reach_the_probes() -> None:
+    from sysout.compress import MitigationThresholds, get_method
+
+    ln = torch.nn.LayerNorm(8)
+    model = torch.nn.Sequential(ln)
+    with torch.no_grad():
+        ln.weight.fill_(1.0)
+        ln.weight[3] = 5.0  # 5x the median: an outlier for tau 4, not for the default tau 10
+    with get_method("gamma_reset_one")(model) as default:
+        assert default.changed == {}
+    with get_method("gamma_reset_one")(model, None, MitigationThresholds(gamma_tau=4.0)) as loose:
+        assert loose.changed == {"0": [3]} and ln.weight[3] == 1.0
+    assert ln.weight[3] == 5.0  # restored

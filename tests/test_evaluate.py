@@ -110,7 +110,7 @@ def test_method_specs_are_validated_and_baseline_comes_first():
 
 def test_a_failing_method_gives_nan_and_its_error_and_the_rest_still_run(monkeypatch):
     @contextmanager
-    def boom(model, cal):
+    def boom(model, cal, thresholds):
         raise RuntimeError("kaboom")
         yield
 

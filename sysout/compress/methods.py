@@ -37,7 +37,18 @@ class BaselineRecord:
         return {"method": "baseline"}
 
 
-Factory = Callable[[nn.Module, Sequence[Any] | None], AbstractContextManager[Any]]
+@dataclass(frozen=True)
+class MitigationThresholds:
+    """The SPEC section 2 thresholds the mitigation probes detect outliers with."""
+
+    gamma_tau: float = 10.0  # LayerNorm gamma outlier: |gamma_c| > tau x median |gamma|
+    abs_threshold: float = 100.0  # massive activation: |x| > abs_threshold ...
+    median_ratio: float = 1000.0  # ... and |x| >= median_ratio x median |x|
+
+
+Factory = Callable[
+    [nn.Module, Sequence[Any] | None, MitigationThresholds], AbstractContextManager[Any]
+]
 
 
 @dataclass(frozen=True)
@@ -51,30 +62,36 @@ class Method:
     needs_calibration: bool = False
 
     def __call__(
-        self, model: nn.Module, calibration: Sequence[Any] | None = None
+        self,
+        model: nn.Module,
+        calibration: Sequence[Any] | None = None,
+        thresholds: MitigationThresholds | None = None,
     ) -> AbstractContextManager[Any]:
         if isinstance(calibration, torch.Tensor):  # one batch
             calibration = [calibration]
         if self.needs_calibration and (calibration is None or len(calibration) == 0):
             raise ValueError(f"method {self.name!r} needs calibration batches")
-        return self.factory(model, calibration)
+        return self.factory(model, calibration, thresholds or MitigationThresholds())
 
 
 def _quant(name: str) -> Factory:
-    return lambda model, cal: quantized(model, QuantConfig.from_name(name))
+    return lambda model, cal, th: quantized(model, QuantConfig.from_name(name))
 
 
 def _prune(method: str, pattern: str) -> Factory:
-    return lambda model, cal: pruned(
+    return lambda model, cal, th: pruned(
         model, method=method, pattern=pattern, sparsity=0.5, calibration=cal
     )
 
 
 def _residual(mode: str) -> Factory:
     @contextmanager
-    def factory(model: nn.Module, cal: Sequence[Any] | None) -> Iterator[Any]:
-        start = find_massive_activation_layer(model, list(cal or []))
-        with clip_residual_activations(model, start, mode=mode) as record:
+    def factory(
+        model: nn.Module, cal: Sequence[Any] | None, th: MitigationThresholds
+    ) -> Iterator[Any]:
+        limits = dict(abs_threshold=th.abs_threshold, median_ratio=th.median_ratio)
+        start = find_massive_activation_layer(model, list(cal or []), **limits)
+        with clip_residual_activations(model, start, mode=mode, **limits) as record:
             yield record
 
     return factory
@@ -85,7 +102,7 @@ _ENTRIES = [
         "baseline",
         "baseline",
         "unmodified model",
-        lambda model, cal: nullcontext(BaselineRecord()),
+        lambda model, cal, th: nullcontext(BaselineRecord()),
     ),
     Method("w8a8", "quantize", "RTN W8 per-channel, A8 per-token", _quant("W8A8")),
     Method("w6a6", "quantize", "RTN W6 per-channel, A6 per-token", _quant("W6A6")),
@@ -119,14 +136,14 @@ _ENTRIES = [
     Method(
         "gamma_reset_one",
         "mitigate",
-        "LayerNorm gamma outliers (>10x median) set to 1",
-        lambda model, cal: reset_layernorm_gamma_outliers(model, tau=10.0, value="one"),
+        "LayerNorm gamma outliers (> tau x median, tau 10) set to 1",
+        lambda model, cal, th: reset_layernorm_gamma_outliers(model, tau=th.gamma_tau, value="one"),
     ),
     Method(
         "gamma_reset_mean",
         "mitigate",
-        "LayerNorm gamma outliers (>10x median) set to the mean of the other entries",
-        lambda model, cal: reset_layernorm_gamma_outliers(model, tau=10.0, value="mean"),
+        "LayerNorm gamma outliers (> tau x median) set to the mean of the other entries",
+        lambda model, cal, th: reset_layernorm_gamma_outliers(model, th.gamma_tau, value="mean"),
     ),
     Method(
         "residual_median",
@@ -170,9 +187,12 @@ def register_method(method: Method, overwrite: bool = False) -> None:
 
 @contextmanager
 def apply_methods(
-    model: nn.Module, names: Sequence[str], calibration: Sequence[Any] | None = None
+    model: nn.Module,
+    names: Sequence[str],
+    calibration: Sequence[Any] | None = None,
+    thresholds: MitigationThresholds | None = None,
 ) -> Iterator[list[Any]]:
     """Enter several methods in order (e.g. a mitigation probe, then a quantizer); yields their
     records; all are undone in reverse order on exit."""
     with ExitStack() as stack:
-        yield [stack.enter_context(get_method(n)(model, calibration)) for n in names]
+        yield [stack.enter_context(get_method(n)(model, calibration, thresholds)) for n in names]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sysout.compress import METHODS, apply_methods, get_method
+from sysout.compress import METHODS, MitigationThresholds, apply_methods, get_method
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def evaluate_methods(
     calibration: Sequence[torch.Tensor] | None = None,
     calibration_error: str | None = None,
     on_done: Callable[[MethodResult], None] | None = None,
+    thresholds: MitigationThresholds | None = None,
 ) -> list[MethodResult]:
     """For each spec: apply it, ``measure(model)`` (an object with ``nll`` and ``tokens``), undo.
 
@@ -150,7 +151,7 @@ def evaluate_methods(
         try:
             if calibration_error and needs_calibration(spec):
                 raise RuntimeError(f"no calibration data: {calibration_error}")
-            with apply_methods(model, parse_method_spec(spec), calibration) as records:
+            with apply_methods(model, parse_method_spec(spec), calibration, thresholds) as records:
                 measured = measure(model)
                 result.details = _details(records)
             result.nll, result.tokens = float(measured.nll), int(measured.tokens)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from sysout.compress import MitigationThresholds
 from sysout.data import DataSourceError, RandomWindows, TextSource, get_tokenizer, load_tokens
 from sysout.evaluation.checkpoints import (
     CheckpointEntry,
@@ -149,6 +150,16 @@ def _load_source(
         return texts.load(source, where, f"{where}.fallback"), source, "fallback"
 
 
+def _mitigation_thresholds(cfg: DictConfig) -> MitigationThresholds:
+    """The probes detect outliers with the report's thresholds (``probe.thresholds``)."""
+    th = OmegaConf.select(cfg, "probe.thresholds", default=None) or {}
+    return MitigationThresholds(
+        gamma_tau=float(th.get("gamma_tau", 10.0)),
+        abs_threshold=float(th.get("abs_threshold", 100.0)),
+        median_ratio=float(th.get("median_ratio", 1000.0)),
+    )
+
+
 def _instantiate_loggers(cfg: DictConfig) -> list[Any]:
     """The ``logger`` group's entries; W&B runs get this evaluation's name, group and tags
     instead of the training ones (which name an attention variant)."""
@@ -243,7 +254,15 @@ def evaluate_checkpoint(
             leave=False,
             disable=not cfg.progress,
         ) as bar:
-            evaluate_methods(model, methods, measure, calibration, cal_error, on_done=done)
+            evaluate_methods(
+                model,
+                methods,
+                measure,
+                calibration,
+                cal_error,
+                on_done=done,
+                thresholds=_mitigation_thresholds(cfg),
+            )
         if cfg.outlier_report:
             _outliers(
                 result,
