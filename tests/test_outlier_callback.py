@@ -219,3 +219,18 @@ def test_invalid_arguments_fail_early() -> None:
         OutlierCallback(every_n_steps=-1)
     with pytest.raises(ValueError, match="unknown outlier thresholds"):
         OutlierCallback(thresholds={"abs": 1.0})
+
+
+def test_probe_is_disabled_under_fsdp() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    callback = _Recorder(every_n_steps=1)
+    trainer = SimpleNamespace(
+        global_step=0, is_global_zero=True, loggers=[], strategy=FSDPStrategy()
+    )
+    callback.on_train_start(trainer, None)
+    for step in (1, 2):
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, step - 1)
+    callback.on_train_end(trainer, None)
+    assert callback.steps == []  # rank 0 alone cannot run sharded blocks

@@ -112,7 +112,7 @@ class OutlierCallback(Callback):
 
     # ------------------------------------------------------------------------- Lightning hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(trainer.strategy, FSDPStrategy):
+        if isinstance(getattr(trainer, "strategy", None), FSDPStrategy):
             # Rank 0 alone cannot run sharded blocks (their all-gathers need every rank).
             log.warning("outlier probe disabled under FSDP; evaluate.py probes the checkpoints")
             self.every_n_steps, self.at_train_start, self.at_train_end = 0, False, False
