@@ -80,7 +80,12 @@ class PreemptionCheckpoint(L.Callback):
         self._previous.clear()
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        ckpt = trainer.checkpoint_callback
-        if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
-            return Path(ckpt.dirpath) / self.filename
-        return Path(trainer.default_root_dir) / "checkpoints" / self.filename
+        return checkpoint_dir(trainer) / self.filename
+
+
+def checkpoint_dir(trainer: L.Trainer) -> Path:
+    """Where this run's checkpoints live: the ModelCheckpoint's folder, else the default."""
+    ckpt = trainer.checkpoint_callback
+    if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+        return Path(ckpt.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"

@@ -71,11 +71,14 @@ class TextSource:
         )
 
     def identity(self, where: str = "data") -> dict[str, Any]:
-        """What the cached tokens depend on: the description, and for local files their bytes."""
+        """What the cached tokens depend on: the description plus the content (local files'
+        bytes, or the hub dataset's fingerprint)."""
         ident: dict[str, Any] = asdict(self)
         if self.kind == "local":
             ident["path"] = str(Path(self.path).expanduser().resolve())
             ident["files"] = {str(p): _sha256(p) for p in self.local_files(where)}
+        else:
+            ident["fingerprint"] = self.load_documents(where)._fingerprint
         return ident
 
     def load_documents(self, where: str = "data"):
@@ -107,9 +110,6 @@ class TextSource:
             )
         return ds
 
-    def hub_fingerprint(self, where: str = "data") -> str:
-        return self.load_documents(where)._fingerprint
-
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -119,11 +119,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(source: TextSource, tokenizer: str, where: str = "data") -> str:
-    """A short hash that changes whenever the source's content or the tokenizer changes."""
-    ident = source.identity(where)
-    if source.kind == "hub":
-        ident["fingerprint"] = source.hub_fingerprint(where)
-    ident["tokenizer"] = tokenizer
-    blob = json.dumps(ident, sort_keys=True).encode()
+def cache_key(identity: dict[str, Any], tokenizer: str) -> str:
+    """A short hash of a source's :meth:`TextSource.identity` and the tokenizer: it changes
+    whenever the content or the tokenizer does."""
+    blob = json.dumps({**identity, "tokenizer": tokenizer}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20]

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +27,14 @@ def _slug(text: str) -> str:
 
 
 def cache_paths(
-    source: TextSource, split: str, cache_dir: str | Path, where: str
+    source: TextSource,
+    split: str,
+    cache_dir: str | Path,
+    where: str,
+    identity: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    key = cache_key(source, ENCODING, where)
+    """The .bin and .json paths; ``identity`` (from :meth:`TextSource.identity`) if known."""
+    key = cache_key(source.identity(where) if identity is None else identity, ENCODING)
     stem = (
         f"{split}-{_slug(Path(source.path).name if source.kind == 'local' else source.path)}-{key}"
     )
@@ -55,7 +61,8 @@ def load_tokens(
     where: str = "data",
 ) -> np.memmap:
     """Token ids of ``source`` as a read-only uint16 memmap, tokenizing on first use."""
-    bin_path, meta_path = cache_paths(source, split, cache_dir, where)
+    identity = source.identity(where)  # hashes the files once: for the key and the metadata
+    bin_path, meta_path = cache_paths(source, split, cache_dir, where, identity)
     if _valid_cache(bin_path, meta_path):
         return np.memmap(bin_path, dtype=np.uint16, mode="r")
     if bin_path.exists():
@@ -104,7 +111,7 @@ def load_tokens(
         "num_tokens": total,
         "split": split,
         "tokenizer": ENCODING,
-        "source": source.identity(where),
+        "source": identity,
     }
     meta_path.write_text(json.dumps(meta, indent=1))
     log.info("tokenized %s split: %d tokens -> %s", split, total, bin_path)

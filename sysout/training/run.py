@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from sysout.callbacks.preemption import PreemptionCheckpoint
+from sysout.callbacks.preemption import PreemptionCheckpoint, checkpoint_dir
 from sysout.training.module import GPTLitModule
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build(cfg: DictConfig) -> tuple[GPTLitModule, L.LightningDataModule]:
-    """Model and data, validated against each other before any training work."""
+    """The model (its config validated on construction) and the data module."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     attention_cfg = OmegaConf.to_container(cfg.attention, resolve=True)
     optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
@@ -43,9 +43,7 @@ def build(cfg: DictConfig) -> tuple[GPTLitModule, L.LightningDataModule]:
         compile=bool(cfg.get("compile")),
         on_nonfinite_loss=cfg.get("on_nonfinite_loss", "stop"),
     )
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.check_sources()
-    return module, datamodule
+    return module, hydra.utils.instantiate(cfg.data)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -138,13 +136,7 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        ckpt = trainer.checkpoint_callback
-        folder = (
-            Path(ckpt.dirpath)
-            if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath
-            else (Path(trainer.default_root_dir) / "checkpoints")
-        )
-        last = folder / "last.ckpt"
+        last = checkpoint_dir(trainer) / "last.ckpt"
         if not last.is_file():
             log.warning("ckpt_path=last: no %s yet, starting from scratch", last)
             return None
