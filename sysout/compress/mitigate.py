@@ -44,7 +44,7 @@ def is_layernorm(module: nn.Module) -> bool:
     w = getattr(module, "weight", None)
     if not isinstance(w, torch.Tensor) or w.dim() != 1:
         return False
-    if isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
+    if isinstance(module, nn.LayerNorm):
         return True
     cls = type(module).__name__.lower()
     return "layernorm" in cls or "rmsnorm" in cls
@@ -79,8 +79,6 @@ class GammaResetRecord:
     tau: float
     value: str
     changed: dict[str, list[int]] = field(default_factory=dict)
-    old_values: dict[str, list[float]] = field(default_factory=dict)
-    new_values: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def n_changed(self) -> int:
@@ -130,8 +128,6 @@ def reset_layernorm_gamma_outliers(
                 saved.append((gamma, idx, old))
                 gamma[idx] = new
                 record.changed[name] = idx.tolist()
-                record.old_values[name] = old.float().tolist()
-                record.new_values[name] = new.float().tolist()
         yield record
     finally:
         with torch.no_grad():
@@ -149,8 +145,15 @@ def massive_activation_mask(
 
     ``x`` is [B, T, C] (median per batch element over its T x C values) or [T, C] (one median).
     """
-    a = x.detach().float().abs()
-    return (a > abs_threshold) & (a >= median_ratio * _per_seq_median(a))
+    return _massive(x.detach().float().abs(), abs_threshold, median_ratio)[0]
+
+
+def _massive(
+    a: torch.Tensor, abs_threshold: float, median_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of the SPEC 2 rule on |x| = ``a``, the per-sequence bound median_ratio x median)."""
+    rel = median_ratio * _per_seq_median(a)
+    return (a > abs_threshold) & (a >= rel), rel
 
 
 def _per_seq_median(a: torch.Tensor) -> torch.Tensor:
@@ -248,13 +251,12 @@ class ResidualRecord:
 def _replace(
     x: torch.Tensor, abs_threshold: float, median_ratio: float, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    a = x.detach().float().abs()
-    rel = median_ratio * _per_seq_median(a)
-    mask = (a > abs_threshold) & (a >= rel)
+    xf = x.detach().float()
+    mask, rel = _massive(xf.abs(), abs_threshold, median_ratio)
     if mode == "median":
-        repl = x.detach().float().median(dim=-1, keepdim=True).values.expand_as(a)
+        repl = xf.median(dim=-1, keepdim=True).values.expand_as(xf)
     else:
-        repl = torch.sign(x.detach().float()) * torch.clamp(rel, min=abs_threshold)
+        repl = torch.sign(xf) * torch.clamp(rel, min=abs_threshold)
     return torch.where(mask, repl.to(x.dtype), x), mask.sum()
 
 

@@ -88,9 +88,7 @@ def load_tokens(
     )
     total = int(np.sum(tokenized["len"], dtype=np.int64))
     if total == 0:
-        raise DataSourceError(
-            f"{where}: the {split} text is empty ({source.path}); nothing to train on"
-        )
+        raise DataSourceError(f"{where}: the text is empty ({split} split): {source.path}")
 
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = bin_path.with_suffix(f".tmp{os.getpid()}")

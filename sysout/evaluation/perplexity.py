@@ -37,9 +37,14 @@ class PerplexityResult:
 
     @property
     def ppl(self) -> float:
-        if math.isnan(self.nll):
-            return math.nan
-        return math.exp(self.nll) if self.nll < 700 else math.inf  # exp overflows past ~709
+        return nll_to_ppl(self.nll)
+
+
+def nll_to_ppl(nll: float) -> float:
+    """exp(nll), NaN for NaN and inf past float range (exp overflows past ~709)."""
+    if math.isnan(nll):
+        return math.nan
+    return math.exp(nll) if nll < 700 else math.inf
 
 
 def window_plan(num_tokens: int, block_size: int, stride: int | None = None) -> list[Window]:
@@ -92,20 +97,21 @@ def perplexity(
     always computed in float32 and summed in float64. ``progress(n)`` is called after each batch
     with the number of windows done.
     """
-    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
-    plan = window_plan(len(ids), block_size, stride)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
+    # On the device once: every window is then a slice, with no copy per batch.
+    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).to(device)
+    plan = window_plan(len(ids), block_size, stride)
     cast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     try:
         for batch in _batches(plan, max(1, int(batch_size))):
             length = batch[0].length
-            x = torch.stack([ids[w.start : w.start + length] for w in batch]).to(device)
-            y = torch.stack([ids[w.start + 1 : w.start + 1 + length] for w in batch]).to(device)
+            xy = torch.stack([ids[w.start : w.start + length + 1] for w in batch])
+            x, y = xy[:, :-1], xy[:, 1:]
             with cast:
                 logits = _logits(model, x)
             nll = F.cross_entropy(
@@ -113,10 +119,10 @@ def perplexity(
             ).view(len(batch), length)
             first = torch.tensor([length - w.scored for w in batch], device=device)
             keep = torch.arange(length, device=device)[None, :] >= first[:, None]
-            total += nll[keep].double().sum().item()
+            total += torch.where(keep, nll, 0.0).double().sum()  # no host sync per batch
             count += sum(w.scored for w in batch)
             if progress is not None:
                 progress(len(batch))
     finally:
         model.train(was_training)
-    return PerplexityResult(nll=total / count, tokens=count, windows=len(plan))
+    return PerplexityResult(nll=total.item() / count, tokens=count, windows=len(plan))

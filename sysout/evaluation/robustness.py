@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sysout.compress import METHODS, MitigationThresholds, apply_methods, get_method
+from sysout.evaluation.perplexity import nll_to_ppl
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ class MethodResult:
 
     @property
     def ppl(self) -> float:
-        if math.isnan(self.nll):
-            return math.nan
-        return math.exp(self.nll) if self.nll < 700 else math.inf
+        return nll_to_ppl(self.nll)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from sysout.compress import MitigationThresholds
 from sysout.data import DataSourceError, RandomWindows, TextSource, get_tokenizer, load_tokens
 from sysout.evaluation.checkpoints import (
     CheckpointEntry,
+    _plain,
     load_checkpoint,
     make_label,
     resolve_checkpoints,
@@ -88,22 +89,10 @@ class Texts:
     def load(self, source: Mapping[str, Any] | TextSource, split: str, where: str) -> np.ndarray:
         src = TextSource.from_config(_plain(source), where=where)
         if src not in self._tokens:
-            if src.kind == "local" and all(f.stat().st_size == 0 for f in src.local_files(where)):
-                raise DataSourceError(f"{where}: the text is empty: {Path(src.path).resolve()}")
-            try:
-                tokens = load_tokens(
-                    src, split, self.cache_dir, self.tiktoken_cache_dir, where=where
-                )
-            except DataSourceError as err:
-                if "empty" in str(err):  # load_tokens speaks of training; say what failed here
-                    raise DataSourceError(f"{where}: the text is empty: {src.path}") from err
-                raise
-            self._tokens[src] = tokens
+            self._tokens[src] = load_tokens(
+                src, split, self.cache_dir, self.tiktoken_cache_dir, where=where
+            )
         return self._tokens[src]
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 def _run_source(
@@ -414,6 +403,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
     loggers = _instantiate_loggers(cfg)
     results: list[CheckpointResult] = []
     taken: set[str] = set()
+    files: dict = {}
     try:
         with logging_redirect_tqdm():
             for entry in tqdm(entries, desc="checkpoints", unit="ckpt", disable=not cfg.progress):
@@ -422,8 +412,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
                 )
                 results.append(result)
                 # Rewritten after every checkpoint: an interrupted sweep keeps its rows.
-                write_robustness(results, methods, out_dir, meta)
-        files = write_robustness(results, methods, out_dir, meta)
+                files = write_robustness(results, methods, out_dir, meta)
         images: dict[str, Path] = {}
         try:
             chart = plot_robustness(results, methods)

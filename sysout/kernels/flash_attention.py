@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +72,7 @@ from ._common import (
     SCALE_CHANNEL,
     SCALE_HEAD,
     SCALE_NONE,
+    interpreting,
 )
 from ._forward import attn_fwd_kernel
 
@@ -93,7 +93,7 @@ def kernel_supported(q: Tensor) -> bool:
     ``SUPPORTED_HEAD_DIMS``; fp16, bf16, fp32)."""
     if q.is_cuda:
         return True
-    return q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return q.device.type == "cpu" and interpreting()
 
 
 @dataclass(frozen=True)

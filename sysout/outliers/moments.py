@@ -43,11 +43,16 @@ def kurtosis(x: torch.Tensor) -> float:
     return float(torch.nanmean(k).item())
 
 
-def inf_norm(x: torch.Tensor) -> float:
-    """Mean over samples of max |x_b| (float32, float64 inputs stay float64)."""
+def _abs_max_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """max |x_b| per sample, float64 [N] (computed in float32, float64 inputs stay float64)."""
     s = _samples(x)
     s = s if s.dtype == torch.float64 else s.float()
-    return float(s.abs().amax(dim=1).double().mean().item())
+    return s.abs().amax(dim=1).double()
+
+
+def inf_norm(x: torch.Tensor) -> float:
+    """Mean over samples of max |x_b|."""
+    return float(_abs_max_per_sample(x).mean().item())
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,7 @@ class MomentStats:
 def moment_stats(x: torch.Tensor) -> MomentStats:
     """Kurtosis and inf-norm of x (per sample over the first dim, then averaged)."""
     k = kurtosis_per_sample(x)
-    s = _samples(x)
-    s = s if s.dtype == torch.float64 else s.float()
-    norms = s.abs().amax(dim=1).double()
+    norms = _abs_max_per_sample(x)
     return MomentStats(
         kurtosis=float(torch.nanmean(k).item()),
         inf_norm=float(norms.mean().item()),

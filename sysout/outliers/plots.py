@@ -115,9 +115,7 @@ def plot_activation_surface(report: ProbeReport, layer: int | None = None) -> Fi
     ax.set_xlabel("feature dim")
     ax.set_ylabel("token")
     ax.set_zlabel("|h|")
-    if t <= _LABEL_LIMIT:
-        ax.set_yticks(range(t))
-        ax.set_yticklabels([repr(s)[1:-1] for s in sent.tokens], fontsize=6)
+    _token_ticks(ax, sent.tokens, "y")
     top = np.unravel_index(int(z.argmax()), z.shape)
     ax.set_title(
         f"layer {layer}: max |h| = {z.max():.3g} at token {top[0]} "

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -45,7 +45,7 @@ from .channels import (
 )
 from .consistency import ConsistencyStats, outlier_consistency
 from .moments import MomentStats, moment_stats
-from .weights import WeightOutlierStats, weight_outliers
+from .weights import WeightOutlierStats, weight_outliers_by_name
 
 PROBE_SENTENCE = "Summer is warm. Winter is cold."
 PREFIX = "outliers"
@@ -93,9 +93,6 @@ class ProbeThresholds:
                 f"unknown outlier thresholds {sorted(unknown)}; valid: {sorted(known)}"
             )
         return cls(**given)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------- report types
@@ -459,11 +456,8 @@ def _norm_report(rec: _Pass, name: str, module: nn.Module, th: ProbeThresholds) 
 
 
 def _linear_weights(module: nn.Module, th: ProbeThresholds) -> dict[str, WeightOutlierStats]:
-    return {
-        name: weight_outliers(m.weight, rel_threshold=th.weight_rel_threshold)
-        for name, m in module.named_modules()
-        if isinstance(m, nn.Linear) and m.weight.dim() == 2
-    }
+    linears = {n: m.weight for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    return weight_outliers_by_name(linears, rel_threshold=th.weight_rel_threshold)
 
 
 # --------------------------------------------------------------------------------- public API
@@ -560,11 +554,14 @@ def _assemble(
     ln_f = getattr(core.transformer, "ln_f", None)
     final_norm = _norm_report(main, "ln_f", ln_f, th) if ln_f is not None else None
     in_blocks = {id(m) for b in blocks for m in b.modules()}
-    other = {
-        name: weight_outliers(m.weight, rel_threshold=th.weight_rel_threshold)
-        for name, m in core.named_modules()
-        if isinstance(m, nn.Linear) and id(m) not in in_blocks
-    }
+    other = weight_outliers_by_name(
+        {
+            n: m.weight
+            for n, m in core.named_modules()
+            if isinstance(m, nn.Linear) and id(m) not in in_blocks
+        },
+        rel_threshold=th.weight_rel_threshold,
+    )
 
     name = _token_namer(decode)
     sentence_report = None
