@@ -1,4 +1,5 @@
 from sysout.data.datamodule import TextDataModule
+from sysout.data.probe_inputs import ProbeInputs, probe_windows_from_tokens
 from sysout.data.sampler import RankWindowSampler
 from sysout.data.sources import DataSourceError, TextSource
 from sysout.data.token_cache import load_tokens
@@ -10,10 +11,12 @@ __all__ = [
     "EOT_TOKEN",
     "DataSourceError",
     "FixedWindows",
+    "ProbeInputs",
     "RandomWindows",
     "RankWindowSampler",
     "TextDataModule",
     "TextSource",
     "get_tokenizer",
     "load_tokens",
+    "probe_windows_from_tokens",
 ]

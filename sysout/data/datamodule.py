@@ -9,9 +9,11 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from sysout.data.probe_inputs import ProbeInputs, probe_windows_from_tokens
 from sysout.data.sampler import RankWindowSampler
 from sysout.data.sources import DataSourceError, TextSource
 from sysout.data.token_cache import load_tokens
+from sysout.data.tokenizer import get_tokenizer
 from sysout.data.windows import FixedWindows, RandomWindows
 
 SPLITS = ("train", "val", "test")
@@ -153,6 +155,16 @@ class TextDataModule(L.LightningDataModule):
         if "test" not in self.sources:
             raise DataSourceError("data.splits.test is not configured")
         return self._fixed("test", self.test_windows)
+
+    def probe_inputs(self, count: int, sentence: str | None = None) -> ProbeInputs:
+        """``count`` fixed validation windows, the GPT-2 decoder and the sentence's token ids."""
+        windows = None
+        tokens = self._load("val")
+        if len(tokens) > self.block_size:
+            windows = probe_windows_from_tokens(tokens, self.block_size, count)
+        enc = get_tokenizer(self.tiktoken_cache_dir)
+        ids = enc.encode(sentence)[: self.block_size] if sentence else None
+        return ProbeInputs(windows, ids or None, lambda token_id: enc.decode([token_id]))
 
     def describe(self) -> str:
         parts = [
