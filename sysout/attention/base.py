@@ -104,10 +104,11 @@ class AttentionVariant(nn.Module):
     def resolved_impl(self, q: Tensor) -> str:
         if self.impl != "auto":
             return self.impl
-        from sysout.kernels import SUPPORTED_HEAD_DIMS
+        # sysout.kernels imports triton only when a kernel runs: this works without triton.
+        from sysout.kernels import SUPPORTED_HEAD_DIMS, triton_available
 
         fusable = q.is_cuda and self.fused and self.head_dim in SUPPORTED_HEAD_DIMS
-        return "triton" if fusable else "reference"
+        return "triton" if fusable and triton_available() else "reference"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         if self.resolved_impl(q) == "reference":
@@ -118,10 +119,15 @@ class AttentionVariant(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, x: Tensor, return_key_mass: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Run through the Triton kernel; optionally also return per-key mass [B, H, T]."""
-        from sysout.kernels import fused_attention, kernel_supported
+        from sysout.kernels import fused_attention, kernel_supported, triton_available
 
         if not self.fused:
             raise ValueError(f"attention variant {self.name!r} has no fused kernel path")
+        if not triton_available():
+            raise RuntimeError(
+                "attention.impl=triton needs the `triton` package, which is not installed here "
+                "(it ships for Linux only); use attention.impl=auto or attention.impl=reference"
+            )
         if not kernel_supported(q):
             raise RuntimeError(
                 "attention.impl=triton needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU); "

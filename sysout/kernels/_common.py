@@ -8,10 +8,11 @@ switches that are off is not emitted at all.
 from __future__ import annotations
 
 import inspect
-import os
 
 import triton
 import triton.language as tl
+
+from ._env import interpreting
 
 # How the weight of query i on key j is formed.
 MODE_SOFTMAX = tl.constexpr(0)  # online softmax (optionally with a sink / an extra slot)
@@ -30,11 +31,6 @@ SCALE_CHANNEL = tl.constexpr(2)  # S is [B, H, T, d]: one factor per channel
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = 0.6931471805599453
-
-
-def interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # The interpreter cannot benchmark, so it gets exactly one config per kernel. Those blocks are

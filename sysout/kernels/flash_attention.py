@@ -72,28 +72,17 @@ from ._common import (
     SCALE_CHANNEL,
     SCALE_HEAD,
     SCALE_NONE,
-    interpreting,
 )
+from ._env import SUPPORTED_HEAD_DIMS, kernel_supported
 from ._forward import attn_fwd_kernel
 
 __all__ = ["fused_attention", "kernel_supported", "SUPPORTED_HEAD_DIMS"]
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _SOFTMAX, _SIGMOID, _CLIP = MODE_SOFTMAX.value, MODE_SIGMOID.value, MODE_CLIP.value
 _NO_EXTRA, _KV, _CONTEXT = EXTRA_NONE.value, EXTRA_KV.value, EXTRA_CONTEXT.value
 _NO_SCALE, _HEAD, _CHANNEL = SCALE_NONE.value, SCALE_HEAD.value, SCALE_CHANNEL.value
-
-
-def kernel_supported(q: Tensor) -> bool:
-    """True when the fused kernels can run on tensors on q's device: q is a CUDA tensor, or a CPU
-    tensor with ``TRITON_INTERPRET=1`` (which must be set before triton is first imported in the
-    process). Shapes and dtypes are checked by :func:`fused_attention` itself (head dims
-    ``SUPPORTED_HEAD_DIMS``; fp16, bf16, fp32)."""
-    if q.is_cuda:
-        return True
-    return q.device.type == "cpu" and interpreting()
 
 
 @dataclass(frozen=True)
