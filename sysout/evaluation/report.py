@@ -1,5 +1,6 @@
-"""Write what an evaluation found: the robustness table (Markdown, CSV, bar chart), the outlier
-report of each checkpoint (PNG figures and CSV tables), and the same to W&B / other loggers."""
+"""Write what an evaluation found: the robustness table (Markdown, CSV, bar chart) and the same
+to W&B / other loggers. Each checkpoint's outlier report: :mod:`sysout.evaluation.outlier_report`.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +8,13 @@ import csv
 import json
 import logging
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from torch import nn
 
 from sysout.compress import METHODS
 from sysout.evaluation.robustness import CheckpointResult, parse_method_spec
@@ -25,20 +23,6 @@ log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("label", "variant", "step", "val_loss", "tokens")
 TAIL_COLUMNS = ("errors", "checkpoint")
-#: Probe-summary figures shown in the cross-checkpoint outlier table (all are in the CSV).
-OUTLIER_COLUMNS = (
-    "max_top1",
-    "max_top1_layer",
-    "max_top1_ratio",
-    "num_activation_outliers",
-    "first_token_share",
-    "num_attention_outliers",
-    "max_c_proj_row_ratio",
-    "position_consistency",
-    "dimension_consistency",
-    "max_kurtosis",
-    "num_channel_outliers",
-)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -219,110 +203,6 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)  # Figure without pyplot: rendered by Agg, nothing kept open
     return path
-
-
-# ----------------------------------------------------------------------------- outlier report
-_LAYER_KEY = re.compile(r"^outliers/(?P<group>[^/]+)/layer_(?P<layer>\d+)/(?P<stat>.+)$")
-
-
-def _layer_table(scalars: Mapping[str, float]) -> tuple[list[str], list[dict[str, Any]]]:
-    """``outliers/<group>/layer_XX/<stat>`` -> one row per layer, one ``<group>/<stat>`` column
-    each; keeps whatever statistics the probe reports."""
-    rows: dict[int, dict[str, Any]] = {}
-    columns: list[str] = ["layer"]
-    for key, value in scalars.items():
-        m = _LAYER_KEY.match(key)
-        if not m:
-            continue
-        col = f"{m['group']}/{m['stat']}"
-        if col not in columns:
-            columns.append(col)
-        rows.setdefault(int(m["layer"]), {"layer": int(m["layer"])})[col] = value
-    return columns, [rows[k] for k in sorted(rows)]
-
-
-def outlier_report(
-    model: nn.Module,
-    out_dir: Path,
-    batch: torch.Tensor | None,
-    sentence: Sequence[int] | None,
-    *,
-    thresholds: Mapping[str, Any] | None = None,
-    decode: Callable[[int], str] | None = None,
-    sentence_text: str | None = None,
-    step: int | None = None,
-) -> tuple[dict[str, float], dict[str, Path]]:
-    """Probe ``model`` (SPEC 2) and write SPEC 5's outlier report into ``out_dir``: figures
-    (per-layer top-k/median curves, attention heat map and 3-D surface of the probe sentence,
-    weight-outlier plot) as PNG, and CSVs (per-layer statistics, consistency, outlier list,
-    summary). Returns the probe summary and the files written."""
-    from sysout.outliers.plots import report_figures
-    from sysout.outliers.probe import PROBE_SENTENCE, OutlierRecord, run_probe
-
-    report = run_probe(
-        model,
-        batch,
-        sentence,
-        thresholds=thresholds,
-        decode=decode,
-        sentence_text=sentence_text or PROBE_SENTENCE,
-        step=step,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    for name, fig in report_figures(report).items():
-        key = name.replace("/", "_")
-        files[key] = save_figure(fig, out_dir / f"{key}.png", dpi=90)
-    scalars = report.scalars()
-    columns, rows = _layer_table(scalars)
-    files["layers"] = write_csv(out_dir / "outlier_layers.csv", columns, rows)
-    consistency = [
-        {
-            "layer": lay.index,
-            "position_consistency": lay.consistency.position_consistency,
-            "dimension_consistency": lay.consistency.dimension_consistency,
-            "activation_outlier_tokens": lay.consistency.num_activation_tokens,
-            "activation_outlier_dims": lay.consistency.num_activation_dims,
-        }
-        for lay in report.layers
-    ]
-    summary = report.summary()
-    consistency.append(
-        {
-            "layer": "all",
-            "position_consistency": summary.get("position_consistency", math.nan),
-            "dimension_consistency": summary.get("dimension_consistency", math.nan),
-        }
-    )
-    files["consistency"] = write_csv(out_dir / "consistency.csv", list(consistency[0]), consistency)
-    files["outliers"] = write_csv(
-        out_dir / "outlier_records.csv",
-        OutlierRecord.COLUMNS,
-        [dict(zip(OutlierRecord.COLUMNS, rec.row())) for rec in report.outliers],
-    )
-    files["summary"] = write_csv(
-        out_dir / "outlier_summary.csv",
-        ["name", "value"],
-        [{"name": k, "value": v} for k, v in scalars.items() if not _LAYER_KEY.match(k)],
-    )
-    return summary, files
-
-
-def write_outlier_summary(results: Sequence[CheckpointResult], out_dir: Path) -> dict[str, Path]:
-    """``outliers.{csv,md}``: the probe summary of every checkpoint side by side."""
-    probed = [r for r in results if r.outliers]
-    if not probed:
-        return {}
-    keys = list(dict.fromkeys(k for r in probed for k in r.outliers))
-    rows = [{"label": r.label, "variant": r.variant or "", **r.outliers} for r in probed]
-    files = {"outliers_csv": write_csv(out_dir / "outliers.csv", ["label", "variant", *keys], rows)}
-    shown = [k for k in OUTLIER_COLUMNS if k in keys]
-    body = [[r["label"], r["variant"], *(fmt(r.get(k, math.nan)) for k in shown)] for r in rows]
-    text = ["# Outlier summary (probe of each checkpoint, SPEC section 2)", ""]
-    text += [*_md_table(["checkpoint", "variant", *shown], body), ""]
-    files["outliers_md"] = out_dir / "outliers.md"
-    files["outliers_md"].write_text("\n".join(text))
-    return files
 
 
 # ----------------------------------------------------------------------------- loggers

@@ -32,13 +32,12 @@ from sysout.evaluation.checkpoints import (
     make_label,
     resolve_checkpoints,
 )
+from sysout.evaluation.outlier_report import outlier_report, write_outlier_summary
 from sysout.evaluation.perplexity import perplexity, window_plan
 from sysout.evaluation.report import (
     log_results,
-    outlier_report,
     plot_robustness,
     save_figure,
-    write_outlier_summary,
     write_robustness,
 )
 from sysout.evaluation.robustness import (
