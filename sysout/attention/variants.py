@@ -206,22 +206,37 @@ class Sigmoid(AttentionVariant):
 class ClippedSoftmax(AttentionVariant):
     """Bondarenko et al. 2023: P' = clip((zeta - gamma) softmax(s) + gamma, 0, 1), gamma = -alpha/T.
 
-    Lets a head output exact zeros without pushing logits to infinity. T is the number of keys.
+    Lets a head output exact zeros without pushing logits to infinity. T is the training length
+    (the model's block size), fixed, as in the official code: a short probe sentence sees the
+    same gamma as the windows the model was trained on. Defaults zeta = 1, alpha = 4; the anchor
+    (outlier-free-transformers) sweeps alpha in {2, 4, 8, 12, 16} with zeta = 1 for BERT/OPT
+    (its clip_softmax alpha is passed as gamma = -alpha / T, and 4 to 12 work best).
     """
 
     name = "clipped_softmax"
+    uses_block_size = True
 
     def __init__(
-        self, n_head: int, n_embd: int, impl: str = "auto", zeta: float = 1.0, alpha: float = 4.0
+        self,
+        n_head: int,
+        n_embd: int,
+        impl: str = "auto",
+        zeta: float = 1.0,
+        alpha: float = 4.0,
+        block_size: int | None = None,
     ) -> None:
         super().__init__(n_head, n_embd, impl)
         if zeta < 1.0 or alpha < 0.0:
             raise ValueError(f"clipped_softmax needs zeta >= 1 and alpha >= 0, got {zeta}, {alpha}")
+        if block_size is not None and block_size <= 0:
+            raise ValueError(f"clipped_softmax needs a positive block_size, got {block_size}")
         self.zeta = zeta
         self.alpha = alpha
+        self.block_size = block_size
 
     def gamma(self, n_keys: int) -> float:
-        return -self.alpha / n_keys
+        """-alpha / T with T the block size (the key count only when none was configured)."""
+        return -self.alpha / (self.block_size or n_keys)
 
     def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
         p = torch.softmax(causal_scores(q, k), dim=-1)
@@ -236,7 +251,10 @@ class ClippedSoftmax(AttentionVariant):
         return {"clip": (self.zeta, self.gamma(x.shape[1]))}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, zeta={self.zeta}, alpha={self.alpha}"
+        return (
+            f"{super().extra_repr()}, zeta={self.zeta}, alpha={self.alpha}, "
+            f"block_size={self.block_size}"
+        )
 
 
 class _OutputScaled(AttentionVariant):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sysout.attention import AttentionVariant, build_variant
+from sysout.attention import AttentionVariant, build_variant, get_variant_class
 
 
 @dataclass
@@ -67,12 +67,12 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        options = dict(config.attention_options)
+        if getattr(get_variant_class(config.attention), "uses_block_size", False):
+            # A formula fixed at the training length (clipped softmax's gamma = -alpha / T).
+            options.setdefault("block_size", config.block_size)
         self.variant: AttentionVariant = build_variant(
-            config.attention,
-            config.n_head,
-            config.n_embd,
-            config.attention_impl,
-            **config.attention_options,
+            config.attention, config.n_head, config.n_embd, config.attention_impl, **options
         )
 
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
