@@ -1,9 +1,12 @@
 """Registry of named compression methods and mitigation probes (SPEC section 5).
 
-Every entry is a callable ``method(model, calibration) -> context manager``; inside the ``with``
-block the model is compressed (or probed), on exit it is restored exactly.  ``calibration`` is a
-list of LongTensor [B, T] token-id batches (needed by Wanda and the residual probes; others
-ignore it).  Entries stack: ``with apply_methods(model, ["gamma_reset_one", "w8a8"], cal): ...``.
+Every entry is a callable ``method(model, calibration, thresholds) -> context manager``; inside
+the ``with`` block the model is compressed (or probed), on exit it is restored exactly.
+``calibration`` is a list of LongTensor [B, T] token-id batches (needed by the static quantizer,
+Wanda and the massive-activation probes; others ignore it); ``thresholds`` an
+:class:`~sysout.outliers.rules.OutlierThresholds` (or a mapping of overrides; the probes detect
+outliers with it).  Entries stack:
+``with apply_methods(model, ["gamma_reset_one", "w8a8"], cal): ...``.
 
     with get_method("wanda_50")(model, calibration) as record:
         ppl = evaluate(model)
@@ -12,7 +15,7 @@ ignore it).  Entries stack: ``with apply_methods(model, ["gamma_reset_one", "w8a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .mitigate import (
-    clip_residual_activations,
-    find_massive_activation_layer,
-    reset_layernorm_gamma_outliers,
-)
+from sysout.outliers.rules import OutlierThresholds
+
+from .massive import calibrate_massive_activations, replace_massive_activations
+from .mitigate import reset_gamma_outliers
 from .prune import pruned
 from .quantize import QuantConfig, quantized
+from .static_quant import DEFAULT_PERCENTILE, StaticQuantConfig, static_quantized
 
 
 @dataclass
@@ -37,41 +40,36 @@ class BaselineRecord:
         return {"method": "baseline"}
 
 
-@dataclass(frozen=True)
-class MitigationThresholds:
-    """The SPEC section 2 thresholds the mitigation probes detect outliers with."""
-
-    gamma_tau: float = 10.0  # LayerNorm gamma outlier: |gamma_c| > tau x median |gamma|
-    abs_threshold: float = 100.0  # massive activation: |x| > abs_threshold ...
-    median_ratio: float = 1000.0  # ... and |x| >= median_ratio x median |x|
-
-
 Factory = Callable[
-    [nn.Module, Sequence[Any] | None, MitigationThresholds], AbstractContextManager[Any]
+    [nn.Module, Sequence[Any] | None, OutlierThresholds], AbstractContextManager[Any]
 ]
+
+KINDS = ("baseline", "quantize", "prune", "mitigate")
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named method: ``kind`` is "baseline", "quantize", "prune" or "mitigate"."""
+    """A named method: ``kind`` is one of :data:`KINDS`; ``description`` is the convention (the
+    legend of every table), ``anchor`` the paper / official code whose convention it follows."""
 
     name: str
     kind: str
     description: str
     factory: Factory
     needs_calibration: bool = False
+    anchor: str = ""
 
     def __call__(
         self,
         model: nn.Module,
         calibration: Sequence[Any] | None = None,
-        thresholds: MitigationThresholds | None = None,
+        thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
     ) -> AbstractContextManager[Any]:
         if isinstance(calibration, torch.Tensor):  # one batch
             calibration = [calibration]
         if self.needs_calibration and (calibration is None or len(calibration) == 0):
             raise ValueError(f"method {self.name!r} needs calibration batches")
-        return self.factory(model, calibration, thresholds or MitigationThresholds())
+        return self.factory(model, calibration, OutlierThresholds.from_any(thresholds))
 
 
 def _quant(name: str) -> Factory:
@@ -84,80 +82,137 @@ def _prune(method: str, pattern: str) -> Factory:
     )
 
 
-def _residual(mode: str) -> Factory:
+def _massive(mode: str) -> Factory:
     @contextmanager
     def factory(
-        model: nn.Module, cal: Sequence[Any] | None, th: MitigationThresholds
+        model: nn.Module, cal: Sequence[Any] | None, th: OutlierThresholds
     ) -> Iterator[Any]:
-        limits = dict(abs_threshold=th.abs_threshold, median_ratio=th.median_ratio)
-        start = find_massive_activation_layer(model, list(cal or []), **limits)
-        with clip_residual_activations(model, start, mode=mode, **limits) as record:
+        found = calibrate_massive_activations(model, list(cal or []), th)
+        with replace_massive_activations(model, found, mode=mode, thresholds=th) as record:
             yield record
 
     return factory
 
 
+_SQ = "SmoothQuant fake_quant.py (mit-han-lab/smoothquant)"
+_RTN = "RTN symmetric, restricted range: W{w} per output channel, A{a} dynamic per token"
+_WANDA = "Wanda lib/prune.py (locuslab/wanda)"
+_SUN = "Sun et al. 2024, lib/hook.py (locuslab/massive-activations)"
+_RAMAN = "Raman et al. 2025 (Rethinking the outlier distribution in LLMs)"
+_MASSIVE = "massive activations (SPEC 2) in the output of the block that creates them"
+
 _ENTRIES = [
     Method(
-        "baseline",
-        "baseline",
-        "unmodified model",
-        lambda model, cal, th: nullcontext(BaselineRecord()),
+        "baseline", "baseline", "unmodified model", lambda m, c, t: nullcontext(BaselineRecord())
     ),
-    Method("w8a8", "quantize", "RTN W8 per-channel, A8 per-token", _quant("W8A8")),
-    Method("w6a6", "quantize", "RTN W6 per-channel, A6 per-token", _quant("W6A6")),
-    Method("w4a8", "quantize", "RTN W4 per-channel, A8 per-token", _quant("W4A8")),
-    Method("w4a16", "quantize", "RTN W4 per-channel, activations 16-bit", _quant("W4A16")),
-    Method("w4a4", "quantize", "RTN W4 per-channel, A4 per-token", _quant("W4A4")),
+    Method("w8a8", "quantize", _RTN.format(w=8, a=8), _quant("W8A8"), anchor=_SQ),
+    Method("w6a6", "quantize", _RTN.format(w=6, a=6), _quant("W6A6"), anchor=_SQ),
+    Method("w4a8", "quantize", _RTN.format(w=4, a=8), _quant("W4A8"), anchor=_SQ),
     Method(
-        "w8a8_per_tensor", "quantize", "RTN W8 per-tensor, A8 per-tensor", _quant("W8A8_per_tensor")
+        "w4a16",
+        "quantize",
+        "RTN symmetric: W4 per output channel, activations not quantized",
+        _quant("W4A16"),
+        anchor=_SQ,
+    ),
+    Method("w4a4", "quantize", _RTN.format(w=4, a=4), _quant("W4A4"), anchor=_SQ),
+    Method(
+        "w8a8_per_sequence",
+        "quantize",
+        "RTN symmetric: W8 per tensor, A8 dynamic with one scale per sequence",
+        _quant("W8A8_per_sequence"),
+        anchor=_SQ + ", per-tensor quantizers, one sequence per forward",
+    ),
+    Method(
+        "w8a8_static",
+        "quantize",
+        "W8 symmetric per tensor; A8 static asymmetric per tensor, range clipped at the "
+        f"{DEFAULT_PERCENTILE:g}th percentile, calibrated once",
+        lambda model, cal, th: static_quantized(model, cal, StaticQuantConfig()),
+        needs_calibration=True,
+        anchor="Bondarenko et al. 2023 (Quantizable Transformers), static PTQ setting",
+    ),
+    Method(
+        "w8_absmax",
+        "quantize",
+        "weight-only W8 symmetric per-tensor absmax, activations not quantized",
+        lambda model, cal, th: quantized(model, QuantConfig(8, None, "per_tensor")),
+        anchor="the paper's W8 absmax rows; " + _SQ + " quantize_weight_per_tensor_absmax",
     ),
     Method(
         "magnitude_50",
         "prune",
-        "magnitude, 50% unstructured per row",
+        "magnitude |W|, 50% of every output row",
         _prune("magnitude", "unstructured"),
+        anchor=_WANDA + ", per-output comparison group",
     ),
-    Method("magnitude_2of4", "prune", "magnitude, 2:4 semi-structured", _prune("magnitude", "2:4")),
+    Method(
+        "magnitude_50_matrix",
+        "prune",
+        "magnitude |W|, 50% of every matrix (one threshold per matrix)",
+        _prune("magnitude", "matrix"),
+        anchor=_WANDA + " prune_magnitude",
+    ),
+    Method(
+        "magnitude_2of4",
+        "prune",
+        "magnitude |W|, 2 of every 4 consecutive inputs of a row",
+        _prune("magnitude", "2:4"),
+        anchor=_WANDA + " prune_magnitude (n:m)",
+    ),
     Method(
         "wanda_50",
         "prune",
-        "Wanda, 50% unstructured per row",
+        "Wanda |W| x ||X||, 50% of every output row, sequential calibration",
         _prune("wanda", "unstructured"),
         needs_calibration=True,
+        anchor=_WANDA + " prune_wanda",
     ),
     Method(
         "wanda_2of4",
         "prune",
-        "Wanda, 2:4 semi-structured",
+        "Wanda |W| x ||X||, 2 of every 4 consecutive inputs of a row",
         _prune("wanda", "2:4"),
         needs_calibration=True,
+        anchor=_WANDA + " prune_wanda (n:m)",
     ),
     Method(
         "gamma_reset_one",
         "mitigate",
-        "LayerNorm gamma outliers (> tau x median, tau 10) set to 1",
-        lambda model, cal, th: reset_layernorm_gamma_outliers(model, tau=th.gamma_tau, value="one"),
+        "norm gamma outliers (> gamma_tau x median|gamma|) set to 1",
+        lambda model, cal, th: reset_gamma_outliers(model, th, value="one"),
+        anchor=_RAMAN,
     ),
     Method(
         "gamma_reset_mean",
         "mitigate",
-        "LayerNorm gamma outliers (> tau x median) set to the mean of the other entries",
-        lambda model, cal, th: reset_layernorm_gamma_outliers(model, th.gamma_tau, value="mean"),
+        "norm gamma outliers (> gamma_tau x median|gamma|) set to the mean of the other entries",
+        lambda model, cal, th: reset_gamma_outliers(model, th, value="mean"),
+        anchor=_RAMAN,
     ),
     Method(
-        "residual_median",
+        "set_zero",
         "mitigate",
-        "massive activations in block inputs after the creating block -> token median",
-        _residual("median"),
+        _MASSIVE + " set to 0",
+        _massive("set_zero"),
         needs_calibration=True,
+        anchor=_SUN + " set_zero",
+    ),
+    Method(
+        "set_mean",
+        "mitigate",
+        _MASSIVE + " set to their mean over the calibration sequences",
+        _massive("set_mean"),
+        needs_calibration=True,
+        anchor=_SUN + " set_mean",
     ),
     Method(
         "residual_clip",
         "mitigate",
-        "massive activations in block inputs after the creating block -> clipped to threshold",
-        _residual("clip"),
+        _MASSIVE + " clipped to the edge of the rule (max(abs_threshold, median_ratio x median))",
+        _massive("clip"),
         needs_calibration=True,
+        anchor=_RAMAN + " (clipping carried massive activations)",
     ),
 ]
 
@@ -190,7 +245,7 @@ def apply_methods(
     model: nn.Module,
     names: Sequence[str],
     calibration: Sequence[Any] | None = None,
-    thresholds: MitigationThresholds | None = None,
+    thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
 ) -> Iterator[list[Any]]:
     """Enter several methods in order (e.g. a mitigation probe, then a quantizer); yields their
     records; all are undone in reverse order on exit."""

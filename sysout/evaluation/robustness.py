@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sysout.compress import METHODS, MitigationThresholds, apply_methods, get_method
+from sysout.compress import METHODS, apply_methods, get_method
 from sysout.evaluation.perplexity import nll_to_ppl
+from sysout.outliers.rules import OutlierThresholds
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,17 @@ def evaluate_methods(
     calibration: Sequence[torch.Tensor] | None = None,
     calibration_error: str | None = None,
     on_done: Callable[[MethodResult], None] | None = None,
-    thresholds: MitigationThresholds | None = None,
+    thresholds: OutlierThresholds | None = None,
 ) -> list[MethodResult]:
     """For each spec: apply it, ``measure(model)`` (an object with ``nll`` and ``tokens``), undo.
 
     ``calibration`` are token batches for the methods that need them; when they could not be
     built, ``calibration_error`` says why and those methods fail with it (the others still run).
+    ``thresholds`` (SPEC 2's, default the SPEC's) are what the mitigation probes detect with.
     After each method the model is checked to be restored; if it is not, RuntimeError (every
     later number would be wrong).
     """
+    thresholds = OutlierThresholds.from_any(thresholds)
     reference = model_fingerprint(model)
     results = []
     for spec in specs:
