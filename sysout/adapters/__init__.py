@@ -3,6 +3,7 @@ the lifecycle, compression, the mitigation probes) works on sysout's GPT and on 
 alike. ``adapter_for(model)`` finds the adapter; see :mod:`sysout.adapters.base` for the contract.
 """
 
+from sysout.adapters import hf as _hf  # noqa: F401  (registers the transformers families)
 from sysout.adapters import sysout_gpt as _sysout_gpt  # noqa: F401  (registers the adapter)
 from sysout.adapters.base import (
     AttentionCapture,
