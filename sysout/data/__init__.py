@@ -1,3 +1,4 @@
+from sysout.data.bigram_backcopy import BigramBackcopyDataModule
 from sysout.data.datamodule import TextDataModule
 from sysout.data.probe_inputs import ProbeInputs, probe_windows_from_tokens
 from sysout.data.sampler import RankWindowSampler
@@ -7,6 +8,7 @@ from sysout.data.tokenizer import ENCODING, EOT_TOKEN, get_tokenizer
 from sysout.data.windows import FixedWindows, RandomWindows
 
 __all__ = [
+    "BigramBackcopyDataModule",
     "ENCODING",
     "EOT_TOKEN",
     "DataSourceError",

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
@@ -48,6 +49,10 @@ class GPTLitModule(L.LightningModule):
         self.on_nonfinite_loss = on_nonfinite_loss
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        # Filled only by data that carries the true distribution's loss (Bigram-Backcopy).
+        self.val_true_loss = MeanMetric()
+        self.val_loss_trigger = MeanMetric()
+        self.val_loss_non_trigger = MeanMetric()
 
     @property
     def variant_name(self) -> str:
@@ -104,13 +109,28 @@ class GPTLitModule(L.LightningModule):
         if self._trainer is not None:
             align_batch_progress(checkpoint, self.trainer.accumulate_grad_batches)
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metric: MeanMetric) -> None:
-        x, y = batch
-        _, loss = self.model(x, y)
+    def _eval_step(self, batch: tuple, metric: MeanMetric) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits, loss = self.model(x, y)
         metric.update(loss, weight=x.size(0))  # windows are equally long: weight by count
+        return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_loss)
+        logits = self._eval_step(batch, self.val_loss)
+        if len(batch) > 2:  # (x, y, extras): per-position groups and the true loss
+            self._grouped_eval(logits, batch[1], batch[2])
+
+    def _grouped_eval(self, logits: torch.Tensor, y: torch.Tensor, extras: dict) -> None:
+        nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+        if "true_nll" in extras:
+            self.val_true_loss.update(extras["true_nll"].mean(), weight=y.numel())
+        for key, metric in (
+            ("trigger", self.val_loss_trigger),
+            ("non_trigger", self.val_loss_non_trigger),
+        ):
+            mask = extras.get(key)
+            if mask is not None and bool(mask.any()):
+                metric.update(nll[mask].mean(), weight=int(mask.sum()))
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_loss)
@@ -122,6 +142,19 @@ class GPTLitModule(L.LightningModule):
         self.log(f"{split}/ppl", torch.exp(loss.clamp(max=30.0)), sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
+        if self.val_true_loss.update_called:
+            # Before _log_eval resets val_loss: the gap needs the same epoch's model loss.
+            model_loss, true_loss = self.val_loss.compute(), self.val_true_loss.compute()
+            self.log("val/true_loss", true_loss, sync_dist=False)
+            self.log("val/loss_gap", model_loss - true_loss, prog_bar=True, sync_dist=False)
+            self.val_true_loss.reset()
+        for name, metric in (
+            ("val/loss_trigger", self.val_loss_trigger),
+            ("val/loss_non_trigger", self.val_loss_non_trigger),
+        ):
+            if metric.update_called:
+                self.log(name, metric.compute(), sync_dist=False)
+                metric.reset()
         self._log_eval("val", self.val_loss)
 
     def on_test_epoch_end(self) -> None:
