@@ -70,8 +70,24 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
     return lines
 
 
-def _describe(spec: str) -> str:
-    return " + ".join(METHODS[n].description for n in parse_method_spec(spec))
+LEGEND_COLUMNS = ("method", "kind", "convention", "anchor")
+
+
+def legend_rows(methods: Sequence[str]) -> list[dict[str, str]]:
+    """One row per column of the tables: its convention and the anchor it follows; a combined
+    spec ``a+b`` joins its parts' conventions with " then " (applied in that order)."""
+    rows = []
+    for spec in methods:
+        parts = [METHODS[n] for n in parse_method_spec(spec)]
+        rows.append(
+            {
+                "method": spec,
+                "kind": "+".join(p.kind for p in parts),
+                "convention": " then ".join(p.description for p in parts),
+                "anchor": "; ".join(p.anchor for p in parts if p.anchor),
+            }
+        )
+    return rows
 
 
 def robustness_markdown(
@@ -98,7 +114,11 @@ def robustness_markdown(
         rel.append([r["label"], r["variant"], *cells])
     lines += ["## Perplexity relative to the row's baseline (x)", ""]
     lines += [*_md_table(["checkpoint", "variant", *methods], rel), ""]
-    lines += ["## Methods", ""] + [f"- `{m}`: {_describe(m)}" for m in methods] + [""]
+    lines += ["## Legend: what each column measures, and the anchor it follows", ""]
+    for r in legend_rows(methods):
+        anchor = f" (anchor: {r['anchor']})" if r["anchor"] else ""
+        lines.append(f"- `{r['method']}`: {r['convention']}{anchor}")
+    lines += [""]
     errors = [(r.label, e) for r in results for e in r.errors()]
     if errors:
         lines += ["## Errors", ""] + [f"- {label}: {e}" for label, e in errors] + [""]
@@ -120,11 +140,15 @@ def write_robustness(
     out_dir: Path,
     meta: Mapping[str, Any],
 ) -> dict[str, Path]:
-    """``robustness.{md,csv}`` (wide: one row per checkpoint), ``robustness_long.csv`` (one row
-    per checkpoint x method, with timings and the methods' records) and ``evaluation.json``."""
+    """``robustness.{md,csv}`` (wide: one row per checkpoint), ``robustness_legend.csv`` (each
+    method column's convention and anchor), ``robustness_long.csv`` (one row per checkpoint x
+    method, with its convention, timings and the methods' records) and ``evaluation.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = robustness_rows(results, methods)
+    legend = legend_rows(methods)
+    convention = {r["method"]: r["convention"] for r in legend}
     files = {"csv": write_csv(out_dir / "robustness.csv", robustness_columns(methods), rows)}
+    files["legend_csv"] = write_csv(out_dir / "robustness_legend.csv", LEGEND_COLUMNS, legend)
     md = out_dir / "robustness.md"
     md.write_text(robustness_markdown(results, methods, meta))
     files["md"] = md
@@ -133,6 +157,7 @@ def write_robustness(
             "label": r.label,
             "variant": r.variant or "",
             "method": m.method,
+            "convention": convention.get(m.method, ""),
             "ppl": m.ppl,
             "nll": m.nll,
             "tokens": m.tokens,
@@ -145,12 +170,24 @@ def write_robustness(
     ]
     files["long_csv"] = write_csv(
         out_dir / "robustness_long.csv",
-        ["label", "variant", "method", "ppl", "nll", "tokens", "seconds", "error", "details"],
+        [
+            "label",
+            "variant",
+            "method",
+            "convention",
+            "ppl",
+            "nll",
+            "tokens",
+            "seconds",
+            "error",
+            "details",
+        ],  # fmt: skip
         long_rows,
     )
     summary = {
         "meta": dict(meta),
         "methods": list(methods),
+        "legend": legend,
         "checkpoints": [
             {k: v for k, v in vars(r).items() if k != "methods"}
             | {"methods": [vars(m) | {"ppl": m.ppl} for m in r.methods]}
@@ -219,8 +256,9 @@ def log_results(
     methods: Sequence[str],
     images: Mapping[str, Path],
 ) -> None:
-    """W&B: the table as a ``wandb.Table``, the charts and outlier figures as images, the
-    perplexities in the run summary. Other Lightning loggers: the numbers as metrics."""
+    """W&B: the table and its legend (each column's convention and anchor) as ``wandb.Table``s,
+    the charts and outlier figures as images, the perplexities in the run summary. Other
+    Lightning loggers: the numbers as metrics."""
     from lightning.pytorch.loggers import WandbLogger
 
     columns = robustness_columns(methods)
@@ -240,7 +278,11 @@ def log_results(
                 payload: dict[str, Any] = {
                     "eval/robustness_table": wandb.Table(
                         columns=columns, data=data, allow_mixed_types=True
-                    )
+                    ),
+                    "eval/robustness_legend": wandb.Table(
+                        columns=list(LEGEND_COLUMNS),
+                        data=[[r[c] for c in LEGEND_COLUMNS] for r in legend_rows(methods)],
+                    ),
                 }
                 payload.update(
                     {f"eval/figures/{k}": wandb.Image(str(p)) for k, p in images.items()}
