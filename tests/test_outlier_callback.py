@@ -139,6 +139,7 @@ def test_tiny_training_run_logs_outliers_to_wandb_and_csv(compose_train, tmp_pat
             "outliers-activation",
             "outliers-mlp_input",
             "outliers-attention",
+            "outliers-heads",
             "outliers-weight",
             "outliers-channel",
             "outliers-moments",

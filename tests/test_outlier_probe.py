@@ -19,13 +19,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sysout.attention import variant_names  # noqa: E402
+from sysout.callbacks.outliers import wandb_key  # noqa: E402
 from sysout.model import GPT, GPTConfig  # noqa: E402
-from sysout.outliers.probe import (  # noqa: E402
-    PROBE_SENTENCE,
-    ProbeThresholds,
-    run_probe,
-    wandb_key,
-)
+from sysout.outliers import PROBE_SENTENCE, OutlierThresholds, run_probe  # noqa: E402
 
 E, U, D = 3, 5, 7  # position-marker feature, MLP hidden unit, massive residual dim
 C, T, B = 64, 32, 4
@@ -119,6 +115,40 @@ def test_planted_attention_sink_and_consistency(planted) -> None:
     assert summary["position_consistency"] == 1.0 and summary["dimension_consistency"] == 1.0
 
 
+def test_planted_sink_heads_their_large_keys_and_column_consistency(planted) -> None:
+    _, _, _, report = planted
+    heads = report.layers[1].heads
+    assert heads.sink_heads == [0, 1] and heads.top_key == [0, 0]
+    assert all(share > 0.99 for share in heads.first_token_share.tolist())
+    # the sink token's keys read the massive dim: far larger than the other tokens' keys
+    assert all(ratio > 5.0 for ratio in heads.first_token_ratio["key"].tolist())
+    assert heads.sink_ratio["key"].tolist() == heads.first_token_ratio["key"].tolist()
+    assert report.layers[0].heads.sink_heads == []  # ordinary causal attention
+    scalars = report.scalars()
+    assert scalars["outliers/heads/layer_01/head_00/first_token_share"] > 0.99
+    # the down-projection column that creates the outlier is the outlier channel of its input
+    assert report.layers[0].consistency.column_consistency == 1.0
+    assert report.summary()["column_consistency"] == 1.0
+
+
+def test_query_groups_split_the_first_token_share(planted) -> None:
+    model, batch, _, report = planted
+    even = torch.zeros(batch.shape, dtype=torch.bool)
+    even[:, ::2] = True
+    split = run_probe(model, batch, query_groups={"even": even, "odd": ~even})
+    weights = report.layers[0]  # layer 0: ordinary causal softmax, query t gives key 0 ~1/(t+1)
+    assert weights.heads.group_first_token_share == {}
+    shares = split.layers[0].heads.group_first_token_share
+    assert set(shares) == {"even", "odd"}
+    # query 0 (even) puts all its weight on key 0: the even group's share is the larger
+    assert (shares["even"] > shares["odd"]).all()
+    # the two groups average back to the overall share (equal sizes)
+    overall = split.layers[0].heads.first_token_share
+    assert torch.allclose((shares["even"] + shares["odd"]) / 2, overall, atol=1e-5)
+    with pytest.raises(ValueError, match="query group"):
+        run_probe(model, batch, query_groups={"bad": even[:, :3]})
+
+
 def test_planted_outlier_records_and_sentence(planted) -> None:
     _, batch, sentence, report = planted
     sent = report.sentence
@@ -150,6 +180,7 @@ def test_scalars_are_flat_grouped_and_match_the_report(planted) -> None:
         "activation",
         "mlp_input",
         "attention",
+        "heads",
         "weight",
         "channel",
         "moments",
@@ -183,7 +214,7 @@ def test_thresholds_are_passed_through(planted) -> None:
     assert strict.layers[0].activation.count == 0 and strict.layers[1].attention.count == 0
     # the continuous figures do not depend on thresholds
     assert strict.layers[0].activation.top1 == pytest.approx(report.layers[0].activation.top1)
-    assert strict.thresholds == ProbeThresholds(abs_threshold=1e5, attention_mass_fraction=2.0)
+    assert strict.thresholds == OutlierThresholds(abs_threshold=1e5, attention_mass_fraction=2.0)
     assert math.isnan(strict.summary()["position_consistency"])
     with pytest.raises(ValueError, match="unknown outlier thresholds"):
         run_probe(model, batch, thresholds={"abs_treshold": 1.0})

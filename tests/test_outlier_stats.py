@@ -9,6 +9,7 @@ import torch
 
 from sysout.outliers import (
     ActivationOutlierStats,
+    OutlierThresholds,
     activation_outliers,
     attention_mass,
     attention_outliers,
@@ -46,10 +47,13 @@ def test_activation_planted_outliers_exact():
     h[1, 2, 7] = 50.0  # large but below the absolute threshold
     st = activation_outliers(h)
     assert isinstance(st, ActivationOutlierStats)
-    assert (st.top1, st.top2, st.top3) == (2000.0, 1500.0, 50.0)
+    # Per sequence, then averaged (the anchors' layer curves): sequence 0's top-3 are
+    # (2000, 1500, 1), sequence 1's (50, 1, 1); the pooled top-3 would be (2000, 1500, 50).
+    assert (st.top1, st.top2, st.top3) == (1025.0, 750.5, 1.0)
+    assert st.pooled_top1 == 2000.0
     assert st.median == 1.0
     assert st.mean == pytest.approx((253 + 2000 + 1500 + 50) / 256, rel=1e-12)
-    assert st.ratio == 2000.0
+    assert st.ratio == 1025.0
     assert st.count == 2
     assert st.positions == [(0, 0, 5, 2000.0), (0, 3, 5, -1500.0)]
     assert all(type(v) is int for p in st.positions for v in p[:3])
@@ -61,7 +65,24 @@ def test_activation_planted_outliers_exact():
     s = st.scalars()
     _check_scalars(s)
     assert s["count"] == 2.0 and s["num_dims"] == 1.0 and s["num_tokens"] == 2.0
-    assert s["ratio"] == 2000.0 and s["top1"] == 2000.0
+    assert s["ratio"] == 1025.0 and s["top1"] == 1025.0 and s["pooled_top1"] == 2000.0
+
+
+def test_activation_median_and_rule_are_per_sequence():
+    # Sequence 0 is quiet (median 0.01), sequence 1 loud (median 1): 150 in sequence 0 is massive
+    # against its own median although the pooled median (1) would not flag it.
+    h = torch.cat([torch.full((1, 4, 8), 0.01), torch.ones(1, 4, 8)])
+    h[0, 2, 3] = 150.0
+    st = activation_outliers(h)
+    assert st.median == pytest.approx((0.01 + 1.0) / 2)
+    assert st.positions == [(0, 2, 3, 150.0)]
+    assert st.pooled_top1 == 150.0 and st.top1 == pytest.approx((150.0 + 1.0) / 2)
+
+
+def test_first_token_norm_ratio_is_the_residual_peak():
+    h = torch.ones(3, 5, 4)
+    h[:, 0] *= 6.0  # the first token's norm is 6x every other token's
+    assert activation_outliers(h).first_token_norm_ratio == pytest.approx(6.0)
 
 
 def test_activation_threshold_edges():
@@ -85,10 +106,10 @@ def test_activation_threshold_edges():
     h[1, 1, 1] = 5000.0
     st = activation_outliers(h)
     assert st.count == 0 and st.positions == [] and st.dims == [] and st.tokens == []
-    assert st.ratio == 500.0
+    assert st.ratio == pytest.approx((10.0 + 5000.0) / 2 / 10.0)  # mean per-sequence top-1
 
     # thresholds are keyword arguments
-    st = activation_outliers(h, median_ratio=100.0)
+    st = activation_outliers(h, OutlierThresholds(median_ratio=100.0))
     assert st.positions == [(1, 1, 1, 5000.0)]
 
 
@@ -100,7 +121,7 @@ def test_activation_token_rule():
     assert st.count == 0
     assert st.token_rule_count == 1 and st.token_rule_tokens == [(0, 7)]
     assert st.mean_ratio == pytest.approx(100.0 / st.mean)
-    assert activation_outliers(h, token_mean_ratio=5000.0).token_rule_count == 0
+    assert activation_outliers(h, OutlierThresholds(token_mean_ratio=5000.0)).token_rule_count == 0
 
 
 def test_activation_truncation_keeps_largest_in_row_major_order():
@@ -108,7 +129,7 @@ def test_activation_truncation_keeps_largest_in_row_major_order():
     h[0, 0, 5] = 1500.0
     h[0, 3, 5] = 2000.0
     h[1, 1, 1] = -1800.0
-    st = activation_outliers(h, max_positions=2)
+    st = activation_outliers(h, OutlierThresholds(max_positions=2))
     assert st.count == 3 and st.truncated
     assert st.positions == [(0, 3, 5, 2000.0), (1, 1, 1, -1800.0)]
     assert st.dims == [1, 5]  # dims and tokens use all outliers
@@ -144,8 +165,8 @@ def test_weight_ratios_by_hand():
     assert st.outlier_rows == [1]
     assert st.outlier_cols == [2]  # exactly 3.0 x median: included (>=)
     assert st.shape == (4, 5) and st.max_abs == 9.0
-    assert weight_outliers(w, rel_threshold=3.5).outlier_rows == []
-    assert weight_outliers(w, rel_threshold=3.01).outlier_cols == []
+    assert weight_outliers(w, OutlierThresholds(weight_rel_threshold=3.5)).outlier_rows == []
+    assert weight_outliers(w, OutlierThresholds(weight_rel_threshold=3.01)).outlier_cols == []
     s = st.scalars()
     _check_scalars(s)
     assert s["num_outlier_rows"] == 1.0 and s["argmax_col"] == 2.0
@@ -225,7 +246,8 @@ def test_attention_threshold_edge_and_errors():
     a[0, 0, :, 0] = 0.5
     st = attention_outliers(a)
     assert st.positions == [(0, 0), (0, 3)]
-    assert attention_outliers(a, mass_fraction=0.5).positions == [(0, 0)]
+    half = OutlierThresholds(attention_mass_fraction=0.5)
+    assert attention_outliers(a, thresholds=half).positions == [(0, 0)]
     # unnormalised weights (sigmoid-style): every key receives 0.5 x Tq
     st = attention_outliers(torch.full((1, 2, 4, 4), 0.5))
     assert st.count == 4 and st.top1_fraction == 0.5
@@ -332,8 +354,8 @@ def test_channel_outliers():
     assert st.channel_fraction[6].item() == 0.25
     assert st.top1 == 7.0 and st.ratio == 14.0 and st.argmax in (3, 5, 6)
     assert st.num_tokens == 100
-    assert channel_outliers(x, min_fraction=0.2).channels == [3, 5, 6]
-    assert channel_outliers(x, tau=15.0).channels == []
+    assert channel_outliers(x, OutlierThresholds(channel_min_fraction=0.2)).channels == [3, 5, 6]
+    assert channel_outliers(x, OutlierThresholds(channel_tau=15.0)).channels == []
     st3 = channel_outliers(x.reshape(4, 25, 16).to(torch.bfloat16))
     assert st3.channels == [3, 6] and st3.channel_fraction.tolist() == st.channel_fraction.tolist()
     _check_scalars(st.scalars())

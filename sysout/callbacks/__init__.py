@@ -1,6 +1,6 @@
 """Lightning callbacks of sysout: they wire pure statistics and meters to the loggers."""
 
-from sysout.callbacks.outliers import OutlierCallback, probe_windows_from_tokens
+from sysout.callbacks.outliers import OutlierCallback, wandb_key
 from sysout.callbacks.preemption import PreemptionCheckpoint
 from sysout.callbacks.throughput import ThroughputCallback
 
@@ -8,5 +8,5 @@ __all__ = [
     "OutlierCallback",
     "PreemptionCheckpoint",
     "ThroughputCallback",
-    "probe_windows_from_tokens",
+    "wandb_key",
 ]

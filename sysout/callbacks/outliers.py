@@ -17,37 +17,29 @@ from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy
-from torch import Tensor
 
-from sysout.data import FixedWindows, get_tokenizer
-from sysout.outliers.probe import (
-    GROUPS,
-    PREFIX,
-    PROBE_SENTENCE,
-    OutlierRecord,
-    ProbeReport,
-    ProbeThresholds,
-    run_probe,
-    wandb_key,
-)
+from sysout.data import ProbeInputs
+from sysout.outliers.probe import run_probe
+from sysout.outliers.reports import GROUPS, PREFIX, PROBE_SENTENCE, OutlierRecord, ProbeReport
+from sysout.outliers.rules import OutlierThresholds
 
 log = logging.getLogger(__name__)
 
 STEP_METRIC = "trainer/global_step"  # the x-axis Lightning's WandbLogger logs with every entry
 
 
-def probe_windows_from_tokens(tokens: np.ndarray, block_size: int, count: int) -> Tensor:
-    """``count`` fixed validation windows [count, block_size], spread evenly over the split (the
-    same windows at every probe, so curves compare like with like)."""
-    windows = FixedWindows(tokens, block_size)
-    count = max(1, min(int(count), len(windows)))
-    picks = np.linspace(0, len(windows) - 1, count).round().astype(int)
-    return torch.stack([windows[int(i)][0] for i in picks])
+def wandb_key(name: str) -> str:
+    """``outliers/activation/layer_03/top1`` -> ``outliers-activation/layer_03/top1``.
+
+    W&B's default workspace makes one panel section per *first* path segment, so the group goes
+    into the first segment: one section per outlier type instead of one "outliers" section."""
+    parts = name.split("/", 2)
+    if len(parts) >= 2 and parts[0] == PREFIX:
+        return f"{PREFIX}-{parts[1]}" + (f"/{parts[2]}" if len(parts) == 3 else "")
+    return name
 
 
 class OutlierCallback(Callback):
@@ -57,7 +49,8 @@ class OutlierCallback(Callback):
         every_n_steps: probe after every N-th optimizer step (0 or None: start and end only).
         probe_windows: number of fixed validation windows in the probe batch.
         probe_sentence: the sentence of the heat map and 3-D surface (its own batch).
-        thresholds: overrides of :class:`~sysout.outliers.probe.ProbeThresholds` fields.
+        thresholds: overrides of :class:`~sysout.outliers.rules.OutlierThresholds` fields (only
+            those that change: the defaults live there).
         log_images: log the figures to W&B loggers.
         log_table: log the outlier table (step, layer, position, token, dim, value) to W&B.
         max_table_rows: outliers per probe in the table (largest |value| first).
@@ -67,7 +60,6 @@ class OutlierCallback(Callback):
             loggers always get ``outliers/<group>/...``.
         autocast: run the probe under the trainer's precision context (bf16 autocast in
             bf16-mixed training), so it measures the numerics training uses.
-        tiktoken_cache_dir: tokenizer cache; default: the datamodule's ``tiktoken_cache_dir``.
     """
 
     def __init__(
@@ -75,7 +67,7 @@ class OutlierCallback(Callback):
         every_n_steps: int | None = 250,
         probe_windows: int = 8,
         probe_sentence: str = PROBE_SENTENCE,
-        thresholds: ProbeThresholds | Mapping[str, Any] | None = None,
+        thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
         log_images: bool = True,
         log_table: bool = True,
         max_table_rows: int = 100,
@@ -83,7 +75,6 @@ class OutlierCallback(Callback):
         at_train_end: bool = True,
         wandb_sections: bool = True,
         autocast: bool = True,
-        tiktoken_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if every_n_steps is not None and every_n_steps < 0:
@@ -93,7 +84,7 @@ class OutlierCallback(Callback):
         self.every_n_steps = int(every_n_steps or 0)
         self.probe_windows = int(probe_windows)
         self.probe_sentence = probe_sentence
-        self.thresholds = ProbeThresholds.from_any(thresholds)
+        self.thresholds = OutlierThresholds.from_any(thresholds)
         self.log_images = log_images
         self.log_table = log_table
         self.max_table_rows = int(max_table_rows)
@@ -101,11 +92,8 @@ class OutlierCallback(Callback):
         self.at_train_end = at_train_end
         self.wandb_sections = wandb_sections
         self.autocast = autocast
-        self.tiktoken_cache_dir = tiktoken_cache_dir
         self._last_step: int | None = None
-        self._batch: Tensor | None = None
-        self._sentence: list[int] | None = None
-        self._decode = None
+        self._inputs: ProbeInputs | None = None
         self._tables: dict[int, Any] = {}  # W&B incremental table per logger
         self.last_report: ProbeReport | None = None
         self.last_duration: float | None = None
@@ -162,15 +150,18 @@ class OutlierCallback(Callback):
         start = time.perf_counter()
         context = trainer.precision_plugin.forward_context() if self.autocast else nullcontext()
         with context:
+            inputs = self._inputs
+            assert inputs is not None
             report = run_probe(
                 model,
-                self._batch,
-                self._sentence,
+                inputs.windows,
+                inputs.sentence,
                 thresholds=self.thresholds,
-                decode=self._decode,
+                decode=inputs.decode,
                 sentence_text=self.probe_sentence,
                 step=step,
                 max_records=self.max_table_rows,
+                query_groups=inputs.query_groups,
             )
         self.last_report = report
         scalars = report.scalars()
@@ -179,34 +170,18 @@ class OutlierCallback(Callback):
         self._log(trainer, report, scalars, step)
 
     def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Build the probe batch and tokenize the sentence once, on first use."""
-        if self._sentence is not None or self._batch is not None:
+        """Ask the data module for the probe's inputs once, on first use."""
+        if self._inputs is not None:
             return
-        model = getattr(pl_module, "model", pl_module)
-        block_size = int(getattr(getattr(model, "config", None), "block_size", 1024))
         dm = trainer.datamodule
-        tokens = getattr(dm, "tokens", {}).get("val") if dm is not None else None
-        if tokens is not None and len(tokens) > block_size:
-            self._batch = probe_windows_from_tokens(
-                tokens,
-                min(block_size, int(getattr(dm, "block_size", block_size))),
-                self.probe_windows,
+        if dm is None or not hasattr(dm, "probe_inputs"):
+            raise TypeError(
+                "the outlier callback needs a data module with probe_inputs(count, sentence) "
+                "(sysout.data.ProbeInputs); disable it with ~callbacks.outliers"
             )
-        else:
-            log.warning(
-                "outlier probe: no validation tokens in the datamodule; probing the sentence only"
-            )
-        cache = self.tiktoken_cache_dir or getattr(dm, "tiktoken_cache_dir", None)
-        try:
-            enc = get_tokenizer(cache)
-        except RuntimeError as err:
-            if self._batch is None:
-                raise
-            log.warning("outlier probe: no tokenizer (%s); token strings shown as ids", err)
-            return
-        self._decode = lambda token_id: enc.decode([token_id])
-        ids = enc.encode(self.probe_sentence)[:block_size]  # its own batch: truncate, no pad
-        self._sentence = ids or None
+        self._inputs = dm.probe_inputs(self.probe_windows, self.probe_sentence)
+        if self._inputs.windows is None and not self._inputs.sentence:
+            raise ValueError("the data module gave the outlier probe neither windows nor sentence")
 
     # -------------------------------------------------------------------------------- logging
     def _log(

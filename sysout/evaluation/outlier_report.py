@@ -4,7 +4,6 @@ and the probe summaries of all checkpoints side by side."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from torch import nn
 
 from sysout.evaluation.report import _md_table, fmt, save_figure, write_csv
 from sysout.evaluation.robustness import CheckpointResult
+from sysout.outliers import PROBE_SENTENCE, OutlierRecord, OutlierThresholds, run_probe
+from sysout.outliers.plots import report_figures
 
 #: Probe-summary figures shown in the cross-checkpoint outlier table (all are in the CSV).
 OUTLIER_COLUMNS = (
@@ -26,27 +27,12 @@ OUTLIER_COLUMNS = (
     "max_c_proj_row_ratio",
     "position_consistency",
     "dimension_consistency",
+    "column_consistency",
+    "max_first_token_norm_ratio",
+    "min_first_token_value_ratio",
     "max_kurtosis",
     "num_channel_outliers",
 )
-
-_LAYER_KEY = re.compile(r"^outliers/(?P<group>[^/]+)/layer_(?P<layer>\d+)/(?P<stat>.+)$")
-
-
-def _layer_table(scalars: Mapping[str, float]) -> tuple[list[str], list[dict[str, Any]]]:
-    """``outliers/<group>/layer_XX/<stat>`` -> one row per layer, one ``<group>/<stat>`` column
-    each; keeps whatever statistics the probe reports."""
-    rows: dict[int, dict[str, Any]] = {}
-    columns: list[str] = ["layer"]
-    for key, value in scalars.items():
-        m = _LAYER_KEY.match(key)
-        if not m:
-            continue
-        col = f"{m['group']}/{m['stat']}"
-        if col not in columns:
-            columns.append(col)
-        rows.setdefault(int(m["layer"]), {"layer": int(m["layer"])})[col] = value
-    return columns, [rows[k] for k in sorted(rows)]
 
 
 def outlier_report(
@@ -55,7 +41,7 @@ def outlier_report(
     batch: torch.Tensor | None,
     sentence: Sequence[int] | None,
     *,
-    thresholds: Mapping[str, Any] | None = None,
+    thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
     decode: Callable[[int], str] | None = None,
     sentence_text: str | None = None,
     step: int | None = None,
@@ -64,8 +50,6 @@ def outlier_report(
     (per-layer top-k/median curves, attention heat map and 3-D surface of the probe sentence,
     weight-outlier plot) as PNG, and CSVs (per-layer statistics, consistency, outlier list,
     summary). Returns the probe summary and the files written."""
-    from sysout.outliers.plots import report_figures
-    from sysout.outliers.probe import PROBE_SENTENCE, OutlierRecord, run_probe
 
     report = run_probe(
         model,
@@ -82,13 +66,14 @@ def outlier_report(
         key = name.replace("/", "_")
         files[key] = save_figure(fig, out_dir / f"{key}.png", dpi=90)
     scalars = report.scalars()
-    columns, rows = _layer_table(scalars)
-    files["layers"] = write_csv(out_dir / "outlier_layers.csv", columns, rows)
+    rows = report.layer_rows()
+    files["layers"] = write_csv(out_dir / "outlier_layers.csv", list(rows[0]), rows)
     consistency = [
         {
             "layer": lay.index,
             "position_consistency": lay.consistency.position_consistency,
             "dimension_consistency": lay.consistency.dimension_consistency,
+            "column_consistency": lay.consistency.column_consistency,
             "activation_outlier_tokens": lay.consistency.num_activation_tokens,
             "activation_outlier_dims": lay.consistency.num_activation_dims,
         }
@@ -100,6 +85,7 @@ def outlier_report(
             "layer": "all",
             "position_consistency": summary.get("position_consistency", math.nan),
             "dimension_consistency": summary.get("dimension_consistency", math.nan),
+            "column_consistency": summary.get("column_consistency", math.nan),
         }
     )
     files["consistency"] = write_csv(out_dir / "consistency.csv", list(consistency[0]), consistency)
@@ -111,7 +97,7 @@ def outlier_report(
     files["summary"] = write_csv(
         out_dir / "outlier_summary.csv",
         ["name", "value"],
-        [{"name": k, "value": v} for k, v in scalars.items() if not _LAYER_KEY.match(k)],
+        [{"name": k, "value": v} for k, v in scalars.items() if "/layer_" not in k],
     )
     return summary, files
 

@@ -5,7 +5,8 @@ and off-by-one variants do not), the mass received by key j in sample b is
 
     m[b, j] = sum_i mean_h A[b, h, i, j]
 
-and key j is an attention outlier of sample b when m[b, j] >= mass_fraction (0.1) x Tq.
+and key j is an attention outlier of sample b when m[b, j] >= attention_mass_fraction x Tq
+(:mod:`sysout.outliers.rules`).
 Keys must be indexed by token position: a variant with an extra learned key/value slot
 (kv_bias) must drop it (or report it separately) before calling.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ._common import index_list, position_list
+from .rules import DEFAULT_THRESHOLDS, OutlierThresholds, attention_sink_mask
 
 
 def attention_mass(attn: torch.Tensor) -> torch.Tensor:
@@ -72,8 +74,7 @@ class AttentionOutlierStats:
 def attention_outliers(
     attn_or_mass: torch.Tensor,
     num_queries: int | None = None,
-    *,
-    mass_fraction: float = 0.1,
+    thresholds: OutlierThresholds = DEFAULT_THRESHOLDS,
 ) -> AttentionOutlierStats:
     """Attention-outlier statistics from probabilities or from an already-reduced key mass.
 
@@ -83,7 +84,7 @@ def attention_outliers(
 
     first_token_share = mean_b m[b, 0] / Tq (= mean over batch, heads and queries of A[..., 0]);
     top1_mass = mean_b max_j m[b, j]; top1_fraction = top1_mass / Tq;
-    outlier (b, j): m[b, j] >= mass_fraction * Tq.
+    outlier (b, j): :func:`~sysout.outliers.rules.attention_sink_mask`.
     """
     if attn_or_mass.dim() == 4:
         tq = attn_or_mass.shape[2]
@@ -107,7 +108,7 @@ def attention_outliers(
     mass = mass.double()
     bsz, tk = mass.shape
     per_sample_top1 = mass.amax(dim=1)
-    outlier = mass >= mass_fraction * tq
+    outlier = attention_sink_mask(mass, tq, thresholds)
     mean_mass = mass.mean(dim=0)
     top1_mass = float(per_sample_top1.mean().item())
     return AttentionOutlierStats(

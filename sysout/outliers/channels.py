@@ -5,9 +5,8 @@ For x [B, T, C] or [N, C] (a LayerNorm input or output; all leading dims are tok
     m_c    = max over tokens |x[..., c]|
     frac_c = fraction of tokens with |x[..., c]| >= magnitude (6.0, LLM.int8's threshold)
 
-channel c is an outlier when m_c >= tau (10) x median_c(m_c) **and** frac_c >= min_fraction (0.25).
-LayerNorm scale: entry c of gamma is an outlier when |gamma_c| > tau x median|gamma| (strict).
-Medians follow torch.median (lower middle value for an even count).
+The channel and gamma rules are :func:`~sysout.outliers.rules.channel_outlier_mask` and
+:func:`~sysout.outliers.rules.gamma_outlier_mask` (thresholds in :class:`OutlierThresholds`).
 """
 
 from __future__ import annotations
@@ -18,6 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from ._common import abs_float, fraction, index_list, median, safe_ratio
+from .rules import (
+    DEFAULT_THRESHOLDS,
+    OutlierThresholds,
+    channel_outlier_mask,
+    gamma_outlier_mask,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,20 +55,16 @@ class ChannelOutlierStats:
 
 
 def channel_outliers(
-    x: torch.Tensor,
-    *,
-    tau: float = 10.0,
-    magnitude: float = 6.0,
-    min_fraction: float = 0.25,
+    x: torch.Tensor, thresholds: OutlierThresholds = DEFAULT_THRESHOLDS
 ) -> ChannelOutlierStats:
-    """Channel-wise outliers of x [..., C]: m_c >= tau * median(m) and frac_c >= min_fraction."""
+    """Channel-wise outliers of x [..., C] (all leading dims are tokens)."""
     if x.dim() < 2 or x.numel() == 0:
         raise ValueError(f"expected x [B, T, C] or [N, C], got {tuple(x.shape)}")
     a = abs_float(x).reshape(-1, x.shape[-1])
     m = a.amax(dim=0)
-    frac = (a >= magnitude).sum(dim=0, dtype=torch.float64) / a.shape[0]
+    frac = (a >= thresholds.channel_magnitude).sum(dim=0, dtype=torch.float64) / a.shape[0]
     med = median(m)
-    mask = (m >= tau * med) & (frac >= min_fraction)
+    mask = channel_outlier_mask(m, frac, med, thresholds)
     top1 = float(m.max().item())
     return ChannelOutlierStats(
         channel_max=m.float().cpu(),
@@ -101,15 +102,17 @@ class GammaOutlierStats:
         }
 
 
-def gamma_outliers(gamma: torch.Tensor, *, tau: float = 10.0) -> GammaOutlierStats:
-    """Entries c with |gamma_c| > tau * median|gamma| (strict)."""
+def gamma_outliers(
+    gamma: torch.Tensor, thresholds: OutlierThresholds = DEFAULT_THRESHOLDS
+) -> GammaOutlierStats:
+    """Entries c with |gamma_c| > gamma_tau x median|gamma| (strict; none when the median is 0)."""
     if gamma.numel() == 0:
         raise ValueError("gamma_outliers: empty gamma")
     g = gamma.detach().reshape(-1)
     g = g if g.dtype == torch.float64 else g.float()
     a = g.abs()
     med = median(a)
-    mask = a > tau * med
+    mask = gamma_outlier_mask(g, thresholds)
     mx = float(a.max().item())
     return GammaOutlierStats(
         entries=index_list(mask),

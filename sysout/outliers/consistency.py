@@ -3,7 +3,10 @@
 - position consistency = |P_act ∩ P_attn| / |P_act|, with P_act the activation-outlier token
   positions (b, t) and P_attn the attention-outlier key positions (b, j) of the same forward pass;
 - dimension consistency = |D_act ∩ R_w| / |D_act|, with D_act the activation-outlier feature dims
-  and R_w the outlier rows of the MLP down-projection (c_proj) weight.
+  and R_w the outlier rows of the MLP down-projection (c_proj) weight;
+- column consistency = |D_in ∩ C_w| / |D_in|, with D_in the activation-outlier channels of the
+  down-projection's input and C_w the outlier columns of its weight (the official analysis of
+  which ``down_proj`` column creates a massive activation).
 
 Both are NaN when there are no activation outliers (empty denominator): "undefined", not 0 or 1,
 so a clean model does not read as perfectly (in)consistent; W&B shows NaN as a gap.
@@ -47,6 +50,8 @@ class ConsistencyStats:
     dimension_consistency: float
     num_activation_tokens: int
     num_activation_dims: int
+    column_consistency: float = math.nan
+    num_mlp_input_dims: int = 0
 
     def scalars(self) -> dict[str, float]:
         """Flat W&B-ready figures."""
@@ -55,6 +60,8 @@ class ConsistencyStats:
             "dimension_consistency": self.dimension_consistency,
             "num_activation_tokens": float(self.num_activation_tokens),
             "num_activation_dims": float(self.num_activation_dims),
+            "column_consistency": self.column_consistency,
+            "num_mlp_input_dims": float(self.num_mlp_input_dims),
         }
 
 
@@ -63,12 +70,14 @@ def outlier_consistency(
     attention: AttentionOutlierStats | None = None,
     weight: WeightOutlierStats | None = None,
     *,
+    mlp_input: ActivationOutlierStats | None = None,
     use_token_rule: bool = False,
 ) -> ConsistencyStats:
     """Position consistency against ``attention`` and dimension consistency against
     ``weight.outlier_rows`` for one layer. Activation tokens come from the element rule
     (``activation.tokens``), or from the official token rule with ``use_token_rule=True``.
-    A comparison whose partner is None is NaN."""
+    With ``mlp_input`` (the down-projection input's statistics) and ``weight`` (its weight), also
+    the column consistency. A comparison whose partner is None is NaN."""
     tokens = activation.token_rule_tokens if use_token_rule else activation.tokens
     pos = position_consistency(tokens, attention.positions) if attention is not None else math.nan
     dim = (
@@ -76,9 +85,14 @@ def outlier_consistency(
         if weight is not None
         else math.nan
     )
+    col = math.nan
+    if weight is not None and mlp_input is not None:
+        col = dimension_consistency(mlp_input.dims, weight.outlier_cols)
     return ConsistencyStats(
         position_consistency=pos,
         dimension_consistency=dim,
         num_activation_tokens=len(tokens),
         num_activation_dims=len(activation.dims),
+        column_consistency=col,
+        num_mlp_input_dims=len(mlp_input.dims) if mlp_input is not None else 0,
     )

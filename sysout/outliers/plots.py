@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .probe import ProbeReport
+from .reports import ProbeReport
 
 _LABEL_LIMIT = 24  # above this many tokens, axis labels would overlap: show indices only
 

@@ -12,6 +12,7 @@ The rules, on magnitudes ``a = |x|``:
 - token rule (official massive-activations code): token t is flagged when
   ``max_c a[t, c] > token_mean_ratio x mean(a)``, the mean per sequence;
 - attention sink: key j with mass (sum over queries of the head-mean weight) ``>= fraction x Tq``;
+  a *sink head* puts, on average over its queries, ``>= sink_head_share`` of its weight on one key;
 - weight outlier row/column: peak ratio ``>= weight_rel_threshold x median ratio``;
 - channel outlier (Raman et al. 2025): ``m_c >= channel_tau x median(m)`` and a fraction of
   tokens ``>= channel_min_fraction`` with ``|x| >= channel_magnitude``;
@@ -42,6 +43,7 @@ class OutlierThresholds:
     token_mean_ratio: float = 1000.0  # official token rule: max_c |h[t]| > this x mean |h|
     max_positions: int = 1000  # outlier coordinates kept per tensor
     attention_mass_fraction: float = 0.1  # key j is a sink when its mass >= this x Tq
+    sink_head_share: float = 0.5  # a head sinks when its top key gets >= this share of weight
     weight_rel_threshold: float = 3.0  # outlier row/col: ratio >= this x median ratio
     channel_tau: float = 10.0  # channel outlier: m_c >= tau x median m ...
     channel_magnitude: float = 6.0  # ... with |x| >= this (LLM.int8's magnitude) ...
@@ -51,13 +53,14 @@ class OutlierThresholds:
 
     @classmethod
     def from_any(cls, value: OutlierThresholds | Mapping[str, Any] | None) -> OutlierThresholds:
-        """Thresholds from an instance, a (Hydra) mapping of overrides, or None (defaults)."""
+        """Thresholds from an instance, a (Hydra) mapping of overrides, or None (defaults); a
+        None value in the mapping keeps that field's default."""
         if value is None:
             return cls()
         if isinstance(value, cls):
             return value
         known = {f.name for f in fields(cls)}
-        given = dict(value)
+        given = {k: v for k, v in dict(value).items() if v is not None}
         unknown = set(given) - known
         if unknown:
             raise ValueError(
@@ -116,6 +119,11 @@ def attention_sink_mask(
     return mass >= th.attention_mass_fraction * num_queries
 
 
+def sink_head_mask(top_share: Tensor, th: OutlierThresholds = DEFAULT_THRESHOLDS) -> Tensor:
+    """Bool [H]: heads whose top key receives >= sink_head_share of their queries' weight."""
+    return top_share >= th.sink_head_share
+
+
 def weight_outlier_mask(
     ratios: Tensor, median_ratio: float, th: OutlierThresholds = DEFAULT_THRESHOLDS
 ) -> Tensor:
@@ -156,6 +164,7 @@ __all__ = [
     "magnitudes",
     "massive_activation_mask",
     "sequence_medians",
+    "sink_head_mask",
     "token_rule_mask",
     "weight_outlier_mask",
 ]

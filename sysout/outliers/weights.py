@@ -6,8 +6,8 @@ For W of shape (out, in) -- the ``nn.Linear.weight`` layout; transpose HF ``Conv
 - per output row r:   row_ratio_r = max_c |W[r, c]| / mean_c |W[r, c]|
 
 A ratio lies in [1, n] (n = vector length); an all-zero vector gets ratio 1 (constant).
-SPEC gives no threshold for outlier rows/columns; we flag row r when
-row_ratio_r >= rel_threshold (3.0) x median(row_ratios), likewise for columns. The continuous
+SPEC gives no threshold for outlier rows/columns; ``rules.weight_outlier_mask`` flags row r when
+row_ratio_r >= weight_rel_threshold (3) x median(row_ratios), likewise columns. The continuous
 figures (max ratios, argmax, medians, full ratio vectors) are always reported.
 For GPT-2's MLP ``c_proj`` (4C -> C, W is C x 4C) the outlier rows are residual feature dims and
 the outlier columns are down-projection-input channels.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ._common import abs_float, index_list, median
+from .rules import DEFAULT_THRESHOLDS, OutlierThresholds, weight_outlier_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,12 +63,13 @@ def _peak_ratio(a: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(mean > 0, mx / mean.clamp_min(torch.finfo(mx.dtype).tiny), 1.0)
 
 
-def weight_outliers(w: torch.Tensor, *, rel_threshold: float = 3.0) -> WeightOutlierStats:
+def weight_outliers(
+    w: torch.Tensor, thresholds: OutlierThresholds = DEFAULT_THRESHOLDS
+) -> WeightOutlierStats:
     """Row/column peak-to-mean ratios of W (out x in) and outlier rows/columns.
 
-    ratio = max|.| / mean|.| along each row (over in) and each column (over out); an entry is an
-    outlier row/column when its ratio >= rel_threshold * median of the ratios of its kind
-    (median: torch.median convention, lower middle value for an even count).
+    ratio = max|.| / mean|.| along each row (over in) and each column (over out); outlier
+    rows/columns by :func:`~sysout.outliers.rules.weight_outlier_mask`.
     """
     if w.dim() != 2 or w.numel() == 0:
         shape = tuple(w.shape)
@@ -86,20 +88,20 @@ def weight_outliers(w: torch.Tensor, *, rel_threshold: float = 3.0) -> WeightOut
         argmax_col=int(col.argmax().item()),
         median_row_ratio=med_row,
         median_col_ratio=med_col,
-        outlier_rows=index_list(row >= rel_threshold * med_row),
-        outlier_cols=index_list(col >= rel_threshold * med_col),
+        outlier_rows=index_list(weight_outlier_mask(row, med_row, thresholds)),
+        outlier_cols=index_list(weight_outlier_mask(col, med_col, thresholds)),
         max_abs=float(a.max().item()),
     )
 
 
 def weight_outliers_by_name(
-    weights: Mapping[str, torch.Tensor], *, rel_threshold: float = 3.0
+    weights: Mapping[str, torch.Tensor], thresholds: OutlierThresholds = DEFAULT_THRESHOLDS
 ) -> dict[str, WeightOutlierStats]:
     """``weight_outliers`` for every 2-D tensor of a name -> weight mapping (e.g. the weights of
-    every Linear, ``{n: m.weight for n, m in model.named_modules() if isinstance(m, nn.Linear)}``);
+    every projection as [out, in], see :func:`sysout.adapters.linear_weight`);
     tensors that are not 2-D (biases, LayerNorm scales) are skipped. Order is preserved."""
     return {
-        name: weight_outliers(w, rel_threshold=rel_threshold)
+        name: weight_outliers(w, thresholds)
         for name, w in weights.items()
         if w.dim() == 2 and w.numel() > 0
     }

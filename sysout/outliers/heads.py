@@ -1,0 +1,114 @@
+"""Per-head attention statistics: sink share, active-dormant split, and q/k/v norms at the sink.
+
+For one attention layer with per-head q, k, v [B, H, T, d] and per-head key mass
+m[b, h, j] = sum_i P[b, h, i, j] (the variant's own weights):
+
+- ``first_token_share[h]`` = mean_b m[b, h, 0] / Tq: the weight each head puts on position 0;
+  ``top_share[h]`` = mean_b max_j m[b, h, j] / Tq and ``top_key[h]`` the key that most often
+  takes it; a head is a *sink head* by :func:`~sysout.outliers.rules.sink_head_mask`;
+- the **active-dormant split** (Guo et al. 2024): the first-token share over the queries of each
+  named group only (e.g. the Bigram-Backcopy task's trigger and non-trigger positions);
+- **value-state drain / large keys**: ||x[b, h, t]|| at the first token, and at each head's
+  top-mass key, divided by the median over positions of ||x[b, h, t]||, for x in q, k, v,
+  averaged over samples (An et al. 2025: sink tokens have large keys and small values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._common import index_list
+from .rules import DEFAULT_THRESHOLDS, OutlierThresholds, sink_head_mask
+
+ROLES = ("query", "key", "value")
+
+
+@dataclass(frozen=True, eq=False)
+class HeadStats:
+    """Per-head figures of one attention layer; vectors are float32 CPU tensors [H]."""
+
+    first_token_share: Tensor
+    top_share: Tensor
+    top_key: list[int]
+    group_first_token_share: dict[str, Tensor]
+    first_token_ratio: dict[str, Tensor]  # role ("query", "key", "value") -> [H]
+    sink_ratio: dict[str, Tensor]  # the same at each head's top-mass key
+    sink_heads: list[int]
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.first_token_share.numel())
+
+    def scalars(self) -> dict[str, float]:
+        """``head_YY/<stat>`` per head and the head means ``<stat>``."""
+        per_head: dict[str, Tensor] = {
+            "first_token_share": self.first_token_share,
+            "top_share": self.top_share,
+        }
+        per_head.update(
+            {f"first_token_share_{g}": v for g, v in self.group_first_token_share.items()}
+        )
+        per_head.update({f"first_token_{r}_ratio": v for r, v in self.first_token_ratio.items()})
+        per_head.update({f"sink_{r}_ratio": v for r, v in self.sink_ratio.items()})
+        out: dict[str, float] = {}
+        for name, values in per_head.items():
+            out[name] = float(values.nanmean().item())
+            for h, v in enumerate(values.tolist()):
+                out[f"head_{h:02d}/{name}"] = float(v)
+        out["num_sink_heads"] = float(len(self.sink_heads))
+        return out
+
+
+def _norm_ratio_at(x: Tensor, positions: Tensor) -> Tensor:
+    """||x[b, h, p[b, h]]|| / median_t ||x[b, h, t]||, averaged over b: [H] (x [B, H, T, d])."""
+    norms = x.detach().float().norm(dim=-1)  # [B, H, T]
+    med = norms.median(dim=-1).values
+    at = norms.gather(-1, positions.unsqueeze(-1)).squeeze(-1)
+    ratio = torch.where(med > 0, at / med.clamp_min(1e-30), torch.nan)
+    return ratio.nanmean(dim=0).cpu()
+
+
+def head_statistics(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mass: Tensor,
+    *,
+    weights: Tensor | None = None,
+    query_groups: Mapping[str, Tensor] | None = None,
+    thresholds: OutlierThresholds = DEFAULT_THRESHOLDS,
+) -> HeadStats:
+    """Per-head statistics of one layer.
+
+    ``key_mass`` [B, H, Tk] is the per-head mass (sum over queries of the weights on the real
+    keys); ``weights`` [B, H, Tq, Tk] is needed only for ``query_groups`` (name -> bool [B, Tq]
+    masks of the queries to average over).
+    """
+    b, h, tq, _ = q.shape
+    mass = key_mass.detach().float()
+    first = (mass[..., 0] / tq).mean(dim=0).cpu()
+    top_mass, top_idx = mass.max(dim=-1)  # [B, H]
+    top_share = (top_mass / tq).mean(dim=0).cpu()
+    top_key = [int(torch.mode(top_idx[:, i]).values.item()) for i in range(h)]
+    groups: dict[str, Tensor] = {}
+    for name, mask in (query_groups or {}).items():
+        if weights is None:
+            raise ValueError("per-group sink shares need the attention weights")
+        m = mask.to(device=weights.device, dtype=torch.float32)[:, None, :]  # [B, 1, Tq]
+        on_first = (weights[..., 0].float() * m).sum(dim=(0, 2))
+        groups[name] = (on_first / m.sum().clamp_min(1.0)).cpu()
+    zeros = torch.zeros(b, h, dtype=torch.long, device=q.device)
+    tensors = dict(zip(ROLES, (q, k, v)))
+    return HeadStats(
+        first_token_share=first,
+        top_share=top_share,
+        top_key=top_key,
+        group_first_token_share=groups,
+        first_token_ratio={r: _norm_ratio_at(x, zeros) for r, x in tensors.items()},
+        sink_ratio={r: _norm_ratio_at(x, top_idx.to(x.device)) for r, x in tensors.items()},
+        sink_heads=index_list(sink_head_mask(top_share, thresholds)),
+    )
