@@ -134,10 +134,68 @@ def test_bad_options_and_impl_are_rejected() -> None:
         build_variant("softmax", H, C, impl="cuda")
 
 
-def test_variant_bias_vectors_are_kept_out_of_weight_decay() -> None:
-    from sysout.training.optim import parameter_groups
+def test_weight_decay_of_bias_variants_follows_the_official_files() -> None:
+    """nanoGPT's rule decays every parameter with dim >= 2; the official k', v' are 4-D, so
+    kv_bias and context_bias decay them by default; decay_bias=false exempts them; the value
+    bias (an official [C] vector) is never decayed."""
+    from sysout.model import GPT, GPTConfig
+    from sysout.training.optim import decayed_names, parameter_groups
 
-    variant = build_variant("kv_bias", H, C)
-    decay, no_decay = parameter_groups(variant, 0.1)
-    assert not decay["params"]
-    assert len(no_decay["params"]) == 2
+    for name in ("kv_bias", "context_bias"):
+        model = GPT(
+            GPTConfig(block_size=8, vocab_size=32, n_layer=2, n_head=H, n_embd=C, attention=name)
+        )
+        nanogpt = {n for n, p in model.named_parameters() if p.dim() >= 2}
+        assert decayed_names(model) == nanogpt
+        assert {f"transformer.h.0.attn.variant.{b}" for b in ("key_bias", "value_bias")} <= nanogpt
+        exempt = build_variant(name, H, C, decay_bias=False)
+        decay, no_decay = parameter_groups(exempt, 0.1)
+        assert not decay["params"] and len(no_decay["params"]) == 2
+    decay, no_decay = parameter_groups(build_variant("value_bias", H, C), 0.1)
+    assert not decay["params"] and len(no_decay["params"]) == 1
+    with pytest.raises(ValueError, match="decay_bias"):
+        build_variant("kv_bias", H, C, decay_bias="yes")
+
+
+def test_clipped_softmax_gamma_uses_the_block_size_not_the_sequence_length() -> None:
+    """A short sequence sees the gamma the model was trained with: the output of an 8-token
+    prefix equals the first 8 rows of the same layer on a block-size window."""
+    torch.manual_seed(0)
+    block = 64
+    variant = build_variant("clipped_softmax", H, C, impl="reference", block_size=block).double()
+    q, k, v = (torch.randn(1, H, block, D, dtype=torch.float64) for _ in range(3))
+    x = torch.randn(1, block, C, dtype=torch.float64)
+    full = variant(q, k, v, x)
+    short = variant(q[:, :, :8], k[:, :, :8], v[:, :, :8], x[:, :8])
+    torch.testing.assert_close(short, full[:, :, :8], rtol=0, atol=1e-12)
+    assert variant.gamma(8) == -4.0 / block
+    unbound = build_variant("clipped_softmax", H, C, impl="reference").double()
+    assert unbound.gamma(8) == -0.5  # no block size configured: the key count
+
+
+def test_gated_conditional_per_head_is_bondarenkos_gate() -> None:
+    torch.manual_seed(0)
+    variant = build_variant("gated", H, C, impl="reference", gate="conditional_per_head").double()
+    assert torch.allclose(
+        torch.sigmoid(variant.gate_bias), torch.full((H,), 0.25, dtype=torch.float64)
+    )
+    with torch.no_grad():
+        variant.gate_weight.normal_(0.0, 0.5)
+    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64) for _ in range(3))
+    x = torch.randn(B, T, C, dtype=torch.float64)
+    softmax_out = (
+        torch.softmax(
+            (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~_mask(T), float("-inf")), -1
+        )
+        @ v
+    )
+    gates = torch.stack(
+        [
+            torch.sigmoid(
+                x[..., h * D : (h + 1) * D] @ variant.gate_weight[h] + variant.gate_bias[h]
+            )
+            for h in range(H)
+        ],
+        dim=1,
+    )  # [B, H, T]: head h's gate reads only that head's slice of the input
+    torch.testing.assert_close(variant(q, k, v, x), gates[..., None] * softmax_out)

@@ -1,7 +1,11 @@
 """The attention formulations of SPEC section 3, one small class each.
 
 Notation: per head, s = q k^T / sqrt(d) with a causal mask; o is the per-head output before the
-output projection. Learned per-head vectors are initialised N(0, 0.02) and kept out of weight decay.
+output projection. Learned per-head vectors are initialised N(0, 0.02), as in the official model
+files. Weight decay follows the official code under nanoGPT's rule (decay every parameter with
+dim >= 2): its k' and v' of ``kv_bias``/``context_bias`` are 4-D [1, H, 1, d] and so decayed
+(``decay_bias: false`` exempts them), its value bias of ``value_bias`` is a [C] vector and so
+not decayed.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from sysout.attention.base import (
 )
 
 
-def _head_vectors(n_head: int, head_dim: int) -> nn.Parameter:
+def _head_vectors(n_head: int, head_dim: int, decay: bool = False) -> nn.Parameter:
     p = nn.Parameter(torch.empty(n_head, head_dim).normal_(0.0, 0.02))
-    p._no_weight_decay = True  # a learned bias, not a matmul weight
+    if not decay:
+        p._no_weight_decay = True  # read by sysout.training.optim.decayed_names
     return p
 
 
@@ -78,7 +83,12 @@ class Softmax(AttentionVariant):
 
 @register_variant
 class ValueBias(Softmax):
-    """(b) o = softmax(s) v + v', one learned v' per head (added after the kernel)."""
+    """(b) o = softmax(s) v + v', one learned v' per head (added after the kernel).
+
+    The official model file adds a [C] vector to the [.., d] head outputs (it cannot run as
+    written: SPEC 3) and initialises it to zeros; here v' is per head, N(0, 0.02), not decayed
+    (as the official [C] vector is not, being 1-D).
+    """
 
     name = "value_bias"
 
@@ -99,10 +109,15 @@ class KVBias(AttentionVariant):
 
     name = "kv_bias"
 
-    def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
+    def __init__(
+        self, n_head: int, n_embd: int, impl: str = "auto", decay_bias: bool = True
+    ) -> None:
         super().__init__(n_head, n_embd, impl)
-        self.key_bias = _head_vectors(n_head, self.head_dim)
-        self.value_bias = _head_vectors(n_head, self.head_dim)
+        if not isinstance(decay_bias, bool):
+            raise ValueError(f"attention.options.decay_bias must be true or false: {decay_bias!r}")
+        # Decayed by default, as the official 4-D k', v' are under nanoGPT's dim >= 2 rule.
+        self.key_bias = _head_vectors(n_head, self.head_dim, decay=decay_bias)
+        self.value_bias = _head_vectors(n_head, self.head_dim, decay=decay_bias)
 
     def slot_scores(self, q: Tensor) -> Tensor:
         """q . k' / sqrt(d) as [B, H, T, 1] in at least float32."""
@@ -295,20 +310,37 @@ class CAScaling(_OutputScaled):
 
 @register_variant
 class Gated(_OutputScaled):
-    """Gated attention (Qwen 2025): o = sigmoid(x W_g) * softmax(s) v, per channel or per head."""
+    """Gated attention: o = gate(x) * softmax(s) v with x the attention block's input.
+
+    ``gate``: ``elementwise`` (Qwen 2025: sigmoid(x W_g), W_g: C -> C, one gate per channel),
+    ``headwise`` (W_g: C -> H, one gate per head), or ``conditional_per_head`` (Bondarenko et al.
+    2023: per head h a Linear(d -> 1) on that head's slice x_h of the input, sigmoid(x_h w_h + b_h),
+    its bias initialised to logit(0.25) so every gate starts at 0.25).
+    """
 
     name = "gated"
+    GATES = ("elementwise", "headwise", "conditional_per_head")
 
     def __init__(
         self, n_head: int, n_embd: int, impl: str = "auto", gate: str = "elementwise"
     ) -> None:
         super().__init__(n_head, n_embd, impl)
-        if gate not in ("elementwise", "headwise"):
-            raise ValueError(f"gated attention: gate must be elementwise or headwise, got {gate!r}")
+        if gate not in self.GATES:
+            raise ValueError(f"gated attention: gate must be one of {self.GATES}, got {gate!r}")
         self.gate = gate
-        self.gate_proj = nn.Linear(n_embd, n_embd if gate == "elementwise" else n_head, bias=False)
+        if gate == "conditional_per_head":
+            self.gate_weight = nn.Parameter(torch.empty(n_head, self.head_dim).normal_(0.0, 0.02))
+            self.gate_bias = nn.Parameter(torch.full((n_head,), math.log(0.25 / 0.75)))
+        else:
+            width = n_embd if gate == "elementwise" else n_head
+            self.gate_proj = nn.Linear(n_embd, width, bias=False)
 
     def scale(self, x: Tensor) -> Tensor:
+        if self.gate == "conditional_per_head":
+            b, t, _ = x.shape
+            slices = x.view(b, t, self.n_head, self.head_dim)
+            logits = torch.einsum("bthd,hd->bth", slices, self.gate_weight.to(x.dtype))
+            return torch.sigmoid(logits + self.gate_bias.to(x.dtype))  # [B, T, H]
         return torch.sigmoid(self.gate_proj(x))
 
     def extra_repr(self) -> str:
