@@ -192,27 +192,24 @@ class ProbeReport:
         """The layer with the largest top-1 |h_l| on the probe windows."""
         return max(range(len(self.layers)), key=lambda i: self.layers[i].activation.top1)
 
+    def _pooled(self, fraction: str, count: str) -> float:
+        """A consistency pooled over layers: counts summed, not a mean of per-layer fractions."""
+        num = den = 0
+        for lay in self.layers:
+            n, value = getattr(lay.consistency, count), getattr(lay.consistency, fraction)
+            if n and not math.isnan(value):
+                num += round(value * n)
+                den += n
+        return num / den if den else math.nan
+
     def summary(self) -> dict[str, float]:
         """Cross-layer figures: the dashboard's first panels."""
         layers = self.layers
         i = self.max_layer
         act = layers[i].activation
         shares = [lay.attention.first_token_share for lay in layers]
-        # Pooled consistency: counts over all layers, not a mean of per-layer fractions.
-        pos_num = pos_den = 0
-        for lay in layers:
-            n = lay.consistency.num_activation_tokens
-            if n and not math.isnan(lay.consistency.position_consistency):
-                pos_num += round(lay.consistency.position_consistency * n)
-                pos_den += n
         act_dims = {d for lay in layers for d in lay.activation.dims}
         rows = {r for lay in layers for r in lay.c_proj.outlier_rows}
-        col_num = col_den = 0
-        for lay in layers:
-            n = lay.consistency.num_mlp_input_dims
-            if n and not math.isnan(lay.consistency.column_consistency):
-                col_num += round(lay.consistency.column_consistency * n)
-                col_den += n
         out = {
             "max_top1": act.top1,
             "max_pooled_top1": max(lay.activation.pooled_top1 for lay in layers),
@@ -225,11 +222,11 @@ class ProbeReport:
             "num_attention_outliers": float(sum(lay.attention.count for lay in layers)),
             "max_c_proj_row_ratio": max(lay.c_proj.max_row_ratio for lay in layers),
             "max_c_proj_col_ratio": max(lay.c_proj.max_col_ratio for lay in layers),
-            "position_consistency": pos_num / pos_den if pos_den else math.nan,
+            "position_consistency": self._pooled("position_consistency", "num_activation_tokens"),
             "dimension_consistency": (
                 len(act_dims & rows) / len(act_dims) if act_dims else math.nan
             ),
-            "column_consistency": col_num / col_den if col_den else math.nan,
+            "column_consistency": self._pooled("column_consistency", "num_mlp_input_dims"),
             "max_first_token_norm_ratio": max(
                 lay.activation.first_token_norm_ratio for lay in layers
             ),
