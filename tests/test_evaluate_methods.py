@@ -63,11 +63,13 @@ def test_every_issue_method_measures_and_thresholds_reach_the_probes(measured):
     base = by["baseline"].ppl
     for name in ISSUE_METHODS:
         assert by[name].ppl != base, name  # each one changed the model
-    assert by["gamma_reset_one"].details["GammaResetRecord"]["changed"] == {
+    assert by["gamma_reset_one"].details["gamma_reset_one"]["changed"] == {
         "transformer.h.0.ln_2": [2]
     }  # found only with the configured tau 4, not the default 10
     assert by["set_zero"].details["set_zero"]["layer"] == 1
     assert by["set_mean"].details["set_mean"]["calibration"]["dims"] == [3]
+    combo = by["gamma_reset_one+w8a8"].details
+    assert list(combo) == ["gamma_reset_one", "w8a8"] and combo["w8a8"]["name"] == "W8A8"
 
 
 def test_missing_calibration_fails_only_the_calibrated_methods():

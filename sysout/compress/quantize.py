@@ -58,7 +58,7 @@ ACT_GRANULARITIES = ("per_token", "per_sequence")
 FULL_PRECISION_BITS = 16
 
 
-def _check_bits(bits: int) -> int:
+def check_bits(bits: int) -> int:
     if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
         raise ValueError(f"bits must be an int >= 2 (symmetric restricted range), got {bits!r}")
     return bits
@@ -66,7 +66,7 @@ def _check_bits(bits: int) -> int:
 
 def qmax_for(bits: int) -> int:
     """Largest code of the symmetric restricted range: 2^(bits-1) - 1 (127 for 8 bits)."""
-    return 2 ** (_check_bits(bits) - 1) - 1
+    return 2 ** (check_bits(bits) - 1) - 1
 
 
 def absmax_scale(x: Tensor, bits: int, granularity: str = "per_tensor") -> Tensor:
@@ -128,7 +128,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for b in (self.w_bits, self.a_bits):
             if b is not None:
-                _check_bits(b)
+                check_bits(b)
         if self.w_granularity not in WEIGHT_GRANULARITIES:
             raise ValueError(
                 f"w_granularity must be one of {WEIGHT_GRANULARITIES}, got {self.w_granularity!r}"

@@ -42,7 +42,7 @@ from .layers import (
     select_targets,
     set_weight,
 )
-from .quantize import _check_bits, fake_quantize, input_quantizer_hook
+from .quantize import check_bits, fake_quantize, input_quantizer_hook
 
 DEFAULT_PERCENTILE = 99.999
 
@@ -75,7 +75,7 @@ def percentile_range(x: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
 
 def asymmetric_params(lo: float, hi: float, bits: int) -> tuple[float, int]:
     """(scale, zero_point) of the asymmetric ``bits``-bit grid covering [min(lo, 0), max(hi, 0)]."""
-    levels = 2 ** _check_bits(bits) - 1
+    levels = 2 ** check_bits(bits) - 1
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo <= 0:
         return 1.0, 0
@@ -87,7 +87,7 @@ def asymmetric_params(lo: float, hi: float, bits: int) -> tuple[float, int]:
 def fake_quantize_asymmetric(x: Tensor, scale: float, zero_point: int, bits: int) -> Tensor:
     """``(clamp(round(x/scale) + zero_point, 0, 2^bits-1) - zero_point) * scale`` in float32,
     returned in ``x.dtype``."""
-    levels = 2 ** _check_bits(bits) - 1
+    levels = 2 ** check_bits(bits) - 1
     q = torch.clamp(torch.round(x.float() / scale) + zero_point, 0, levels)
     return ((q - zero_point) * scale).to(x.dtype)
 
@@ -104,9 +104,9 @@ class StaticQuantConfig:
     include_head: bool = False
 
     def __post_init__(self) -> None:
-        _check_bits(self.a_bits)
+        check_bits(self.a_bits)
         if self.w_bits is not None:
-            _check_bits(self.w_bits)
+            check_bits(self.w_bits)
         object.__setattr__(self, "percentile", check_percentile(self.percentile))
         skip = (self.skip,) if isinstance(self.skip, str) else tuple(self.skip)
         object.__setattr__(self, "skip", skip)

@@ -118,13 +118,9 @@ def model_fingerprint(model: nn.Module) -> tuple[torch.Tensor, int]:
     return sums, hooks
 
 
-def _details(records: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for rec in records:
-        summary = rec.summary() if hasattr(rec, "summary") else {}
-        name = summary.get("method") or type(rec).__name__
-        out[str(name)] = summary
-    return out
+def _details(names: Sequence[str], records: Sequence[Any]) -> dict[str, Any]:
+    """``{method name: its record's summary}`` for each part of a spec."""
+    return {n: rec.summary() if hasattr(rec, "summary") else {} for n, rec in zip(names, records)}
 
 
 def evaluate_methods(
@@ -153,9 +149,10 @@ def evaluate_methods(
         try:
             if calibration_error and needs_calibration(spec):
                 raise RuntimeError(f"no calibration data: {calibration_error}")
-            with apply_methods(model, parse_method_spec(spec), calibration, thresholds) as records:
+            names = parse_method_spec(spec)
+            with apply_methods(model, names, calibration, thresholds) as records:
                 measured = measure(model)
-                result.details = _details(records)
+                result.details = _details(names, records)
             result.nll, result.tokens = float(measured.nll), int(measured.tokens)
         except Exception as err:  # noqa: BLE001  (record it, go on with the next method)
             result.error = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
