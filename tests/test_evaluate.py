@@ -324,3 +324,84 @@ def test_unloadable_run_text_falls_back_to_the_configured_one(tmp_path) -> None:
     assert origin == "fallback" and source["path"] == str(fallback) and len(tokens) > 100
     with pytest.raises(Exception, match="moved.txt"):  # without a fallback the error stands
         _load_source(texts, "val", None, run_cfg, "val")
+
+
+# ----------------------------------------------------------------------------- hf: models
+def _tiny_hf_gpt2(folder: Path, seed: int = 0) -> Path:
+    """A save_pretrained folder of a random tiny GPT-2 with GPT-2's tokenizer (built offline)."""
+    import transformers as T
+
+    from sysout.model.convert import gpt2_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = T.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
+    T.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_a_mixed_list_of_hf_and_sysout_models(compose_eval, tmp_path):
+    hf = _tiny_hf_gpt2(tmp_path / "tiny_gpt2")
+    ckpt = _save_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    cfg = compose_eval(
+        f"checkpoints=[hf:{hf},{tmp_path / 'run'}]",
+        "outlier_report=true",
+        "probe.windows=2",
+        "eval_stream=blank_lines",
+    )
+    results = evaluate(cfg)
+    assert [r.label for r in results] == ["hf_tiny_gpt2", "run_softmax"]
+    assert [r.error for r in results] == [None, None] and not any(r.problems for r in results)
+    rows = _read_csv(tmp_path / "robustness.csv")
+    assert [r["variant"] for r in rows] == ["hf:gpt2", "softmax"]
+    assert rows[0]["checkpoint"] == f"hf:{hf}" and rows[1]["checkpoint"] == str(ckpt)
+    for row in rows:
+        assert all(math.isfinite(float(row[m])) for m in ("baseline", "w8a8", "wanda_50"))
+        assert int(row["tokens"]) == 119  # max_eval_tokens=120, each scored once
+    # The HF model is scored on its own tokenizer's ids (GPT-2's equal tiktoken's here), and its
+    # perplexity is the transformers model's own loss over the same windows.
+    import transformers as T
+
+    from sysout.evaluation.run import Texts
+
+    model = T.AutoModelForCausalLM.from_pretrained(hf).eval()
+    ids = Texts(str(tmp_path / "c"), None).load(cfg.eval_text, "eval", "e", "blank_lines")[:120]
+    ids = torch.as_tensor(ids)
+    nll = []
+    with torch.no_grad():
+        for s in range(0, 119, 32):
+            x = ids[s : s + min(32, 119 - s) + 1]
+            nll.append(F.cross_entropy(model(x[None, :-1]).logits[0], x[1:], reduction="none"))
+    assert float(rows[0]["baseline"]) == pytest.approx(math.exp(torch.cat(nll).mean()), rel=1e-5)
+    for label in ("hf_tiny_gpt2", "run_softmax"):
+        assert (tmp_path / label / "outlier_layers.csv").is_file()
+        assert list((tmp_path / label).glob("*.png"))
+    assert [r["label"] for r in _read_csv(tmp_path / "outliers.csv")] == [
+        "hf_tiny_gpt2",
+        "run_softmax",
+    ]
+    md = (tmp_path / "robustness.md").read_text()
+    assert "blank_lines" in md or '"\\n\\n"' in md
+
+
+def test_hf_entries_fail_clearly_before_any_work(compose_eval, tmp_path, monkeypatch):
+    from sysout.adapters.hf_load import HFLoadError
+
+    ckpt = _save_ckpt(tmp_path / "a.ckpt")
+    with pytest.raises(HFLoadError, match="offline .* not in the local Hugging Face cache"):
+        evaluate(compose_eval(f"checkpoints=[{ckpt},hf:nobody/no-such-model-xyz]"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HFLoadError, match="has no config.json"):
+        evaluate(compose_eval(f"checkpoints=[hf:{tmp_path / 'empty'}]"))
+    import transformers as T
+
+    T.BloomConfig(n_layer=1, n_head=2, hidden_size=16, vocab_size=32).save_pretrained(
+        tmp_path / "bloom"
+    )
+    with pytest.raises(HFLoadError, match="'bloom' is not supported.*gpt2, llama"):
+        evaluate(compose_eval(f"checkpoints=[hf:{tmp_path / 'bloom'}]"))
+    hf = _tiny_hf_gpt2(tmp_path / "tiny")
+    monkeypatch.setattr("sysout.adapters.hf_load.device_memory", lambda device: 1000)
+    with pytest.raises(HFLoadError, match=r"need .* GiB, more than cpu has"):
+        evaluate(compose_eval(f"checkpoints=[hf:{hf}]"))
+    assert not (tmp_path / "robustness.csv").exists()

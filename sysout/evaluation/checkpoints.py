@@ -3,6 +3,8 @@
 A *run folder* is what ``train.py`` writes: ``<run>/checkpoints/{last.ckpt, step*-val_loss*.ckpt}``
 beside ``<run>/.hydra/config.yaml``. A *sweep folder* holds run folders (``multirun/...``); any
 folder is searched recursively for folders that hold ``*.ckpt`` files, one run each.
+``hf:<hub name or local folder>`` is a Hugging Face causal LM (checked at resolution, loaded by
+:func:`sysout.adapters.hf_load.load_hf_model`); lists may mix both kinds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from sysout.adapters.hf_load import HFModelSpec, inspect_hf, is_hf_name, load_hf_model, strip_hf
 from sysout.model import GPT
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ class CheckpointEntry:
     path: Path
     run_dir: Path | None
     name: str
+    hf: HFModelSpec | None = None  # a Hugging Face model (``hf:<name>``), checked
 
     def run_config(self) -> DictConfig | None:
         """The run's saved Hydra config (``.hydra/config.yaml``), if there is one."""
@@ -55,17 +60,33 @@ class CheckpointEntry:
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    model: GPT
+    model: nn.Module  # a sysout GPT or a transformers causal LM
     hparams: dict[str, Any] = field(default_factory=dict)
     step: int | None = None
 
     @property
+    def is_hf(self) -> bool:
+        return not isinstance(self.model, GPT)
+
+    @property
     def variant(self) -> str:
+        """The attention variant, or ``hf:<model_type>`` for a Hugging Face model."""
+        if self.is_hf:
+            return f"hf:{self.model.config.model_type}"
         return self.model.config.attention
 
     @property
     def block_size(self) -> int:
+        if self.is_hf:
+            from sysout.adapters import adapter_for
+
+            return int(adapter_for(self.model).max_length or 1024)
         return self.model.config.block_size
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """A Hugging Face model's own tokenizer (None: sysout's GPT-2 BPE)."""
+        return getattr(self.model, "sysout_tokenizer", None)
 
 
 # ----------------------------------------------------------------------------- resolving paths
@@ -110,12 +131,24 @@ def _entry(path: Path, ckpt_dir: Path) -> CheckpointEntry:
     return CheckpointEntry(path=path, run_dir=run_dir, name=name)
 
 
+def _hf_entry(item: str, dtype: Any, device: Any) -> CheckpointEntry:
+    spec = inspect_hf(item, dtype, device)  # raises HFLoadError (a ValueError) with the reason
+    name = strip_hf(item)
+    label = "hf_" + Path(name.rstrip("/")).name if spec.local else "hf_" + name.replace("/", "_")
+    return CheckpointEntry(path=Path(name), run_dir=None, name=label, hf=spec)
+
+
 def resolve_checkpoints(
-    paths: str | Path | Sequence[str | Path], which: str = "best"
+    paths: str | Path | Sequence[str | Path],
+    which: str = "best",
+    hf_dtype: Any = "fp32",
+    device: Any = "cpu",
 ) -> list[CheckpointEntry]:
     """Checkpoint files for each path: a ``.ckpt`` file as it is, a folder searched for run
-    folders (one checkpoint each, chosen by ``which``). Raises :class:`CheckpointError` for a
-    path that does not exist or holds no checkpoint, before anything is loaded."""
+    folders (one checkpoint each, chosen by ``which``), ``hf:<name>`` a Hugging Face model
+    (config, architecture and size checked for ``hf_dtype`` on ``device``). Raises
+    :class:`CheckpointError` (or :class:`~sysout.adapters.hf_load.HFLoadError`) for a path that
+    does not exist or holds no checkpoint, before anything is loaded."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if paths is None or (isinstance(paths, str) and not paths.strip()):
@@ -125,6 +158,9 @@ def resolve_checkpoints(
         raise CheckpointError("no checkpoints given: set checkpoints=<file, run or sweep folder>")
     entries: list[CheckpointEntry] = []
     for item in items:
+        if is_hf_name(str(item)):
+            entries.append(_hf_entry(str(item), hf_dtype, device))
+            continue
         path = Path(str(item)).expanduser()
         if not path.exists():
             raise CheckpointError(f"checkpoint path does not exist: {path.resolve()}")
@@ -139,9 +175,9 @@ def resolve_checkpoints(
             )
         for ckpt_dir in ckpt_dirs:
             entries.append(_entry(select_checkpoint(ckpt_dir, which), ckpt_dir))
-    unique: dict[Path, CheckpointEntry] = {}
+    unique: dict[Any, CheckpointEntry] = {}
     for e in entries:
-        unique.setdefault(e.path.resolve(), e)
+        unique.setdefault(("hf", e.hf.name) if e.hf else e.path.resolve(), e)
     return list(unique.values())
 
 
@@ -258,15 +294,39 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> LoadedCheckp
 
 
 def _load_nanogpt(path: Path, ckpt: Mapping[str, Any]) -> LoadedCheckpoint:
+    """nanoGPT's ``ckpt.pt`` (softmax) and the official systematic-outliers checkpoints (same
+    format; the variant from the saved config's ``model_type``, else from the keys)."""
     from sysout.model import build_gpt
+    from sysout.model.convert import official_state_dict, official_variant
 
     model_args = dict(ckpt["model_args"])
+    config = ckpt.get("config")
+    model_type = config.get("model_type") if isinstance(config, Mapping) else None
     try:
-        model = build_gpt(model_args, {"name": "softmax"})
-        model.load_nanogpt_state_dict(ckpt["model"])
+        variant = official_variant(ckpt["model"], model_type)
+        model = build_gpt(model_args, {"name": variant})
+        state = official_state_dict(ckpt["model"], model.config.n_head)
+        problems = _state_dict_problems(model.state_dict(), state)
+        if problems:
+            raise ValueError("; ".join(problems))
+        model.load_state_dict(state, strict=True)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(
             f"incompatible checkpoint: {path} (nanoGPT format): {_short(err)}"
         ) from err
-    hparams = {"model": model_args, "attention": {"name": "softmax"}}
+    hparams = {"model": model_args, "attention": {"name": variant}}
+    if model_type is not None:
+        hparams["official_model_type"] = model_type
     return LoadedCheckpoint(path, model.eval(), hparams, ckpt.get("iter_num"))
+
+
+def load_entry(
+    entry: CheckpointEntry, weights_only: bool = True, device: Any = "cpu"
+) -> LoadedCheckpoint:
+    """The model of a resolved entry: a sysout checkpoint (on CPU) or a Hugging Face model
+    (in its checked dtype, on ``device``)."""
+    if entry.hf is None:
+        return load_checkpoint(entry.path, weights_only=weights_only)
+    model = load_hf_model(entry.hf, entry.hf.dtype, device)
+    hparams = {"hf": entry.hf.name, "dtype": str(entry.hf.dtype).removeprefix("torch.")}
+    return LoadedCheckpoint(Path(entry.hf.name), model, hparams, None)

@@ -76,6 +76,8 @@ def _batches(plan: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
 
 def _logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     out = model(idx)
+    if hasattr(out, "logits"):  # a transformers ModelOutput
+        return out.logits
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -92,7 +94,8 @@ def perplexity(
 ) -> PerplexityResult:
     """Mean next-token NLL (and ``.ppl``) of ``model`` on ``tokens`` over strided windows.
 
-    ``model(idx)`` must return logits [B, T, V] (or a tuple whose first item they are).
+    ``model(idx)`` must return logits [B, T, V], a tuple whose first item they are, or an object
+    with ``.logits`` (a transformers causal LM).
     ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward under autocast; the loss is
     always computed in float32 and summed in float64. ``progress(n)`` is called after each batch
     with the number of windows done.

@@ -23,12 +23,19 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sysout.compress import MitigationThresholds
-from sysout.data import DataSourceError, RandomWindows, TextSource, get_tokenizer, load_tokens
+from sysout.data import (
+    DataSourceError,
+    RandomWindows,
+    TextSource,
+    get_tokenizer,
+    load_tokens,
+    probe_windows_from_tokens,
+)
 from sysout.evaluation.checkpoints import (
     CheckpointEntry,
+    LoadedCheckpoint,
     _plain,
-    load_checkpoint,
+    load_entry,
     make_label,
     resolve_checkpoints,
 )
@@ -46,6 +53,7 @@ from sysout.evaluation.robustness import (
     needs_calibration,
     normalize_methods,
 )
+from sysout.outliers.rules import OutlierThresholds
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +85,56 @@ def resolve_precision(name: str | None) -> torch.dtype | None:
     return PRECISIONS[key]
 
 
+# How the evaluation text's rows become one stream: "concat" as stored (through the token
+# cache); "blank_lines" joins the rows with "\n\n", as lm-eval-harness and the massive-activations
+# code stream WikiText-2 ("\n\n".join(test["text"])).
+STREAMS = ("concat", "blank_lines")
+
+
+def _rows(src: TextSource, where: str) -> list[str]:
+    """The text's rows as the hub dataset stores WikiText (each line with its newline)."""
+    docs = src.load_documents(where)[src.text_field]
+    text = "".join(d.replace("\r\n", "\n") for d in docs)
+    return text.splitlines(keepends=True)
+
+
 class Texts:
-    """Token ids of text sources, through the shared token cache, each loaded once."""
+    """Token ids of text sources, each loaded once: GPT-2's BPE through the shared token cache,
+    or a Hugging Face model's own tokenizer (kept in memory per tokenizer)."""
 
     def __init__(self, cache_dir: str, tiktoken_cache_dir: str | None) -> None:
         self.cache_dir = cache_dir
         self.tiktoken_cache_dir = tiktoken_cache_dir
-        self._tokens: dict[TextSource, np.ndarray] = {}
+        self._tokens: dict[Any, np.ndarray] = {}
 
-    def load(self, source: Mapping[str, Any] | TextSource, split: str, where: str) -> np.ndarray:
+    def load(
+        self,
+        source: Mapping[str, Any] | TextSource,
+        split: str,
+        where: str,
+        stream: str = "concat",
+        tokenizer: Any | None = None,
+    ) -> np.ndarray:
+        if stream not in STREAMS:
+            raise ValueError(f"{where}: stream must be one of {STREAMS}, got {stream!r}")
         src = TextSource.from_config(_plain(source), where=where)
-        if src not in self._tokens:
-            self._tokens[src] = load_tokens(
-                src, split, self.cache_dir, self.tiktoken_cache_dir, where=where
-            )
-        return self._tokens[src]
+        key = (src, stream, None if tokenizer is None else getattr(tokenizer, "name_or_path", ""))
+        if key in self._tokens:
+            return self._tokens[key]
+        if tokenizer is None and stream == "concat":
+            ids = load_tokens(src, split, self.cache_dir, self.tiktoken_cache_dir, where=where)
+        else:
+            rows = _rows(src, where)
+            text = "\n\n".join(rows) if stream == "blank_lines" else "".join(rows)
+            if not text:
+                raise DataSourceError(f"{where}: the text is empty ({split} split): {src.path}")
+            if tokenizer is None:
+                ids = np.asarray(get_tokenizer(self.tiktoken_cache_dir).encode_ordinary(text))
+            else:  # the model's own special tokens (LLaMA's BOS), as the anchors tokenize
+                ids = np.asarray(tokenizer(text, verbose=False)["input_ids"])
+            ids = ids.astype(np.int64)
+        self._tokens[key] = ids
+        return ids
 
 
 def _run_source(
@@ -120,7 +163,12 @@ def _run_source(
 
 
 def _load_source(
-    texts: Texts, spec: Any, fallback: Any, run_cfg: DictConfig | None, where: str
+    texts: Texts,
+    spec: Any,
+    fallback: Any,
+    run_cfg: DictConfig | None,
+    where: str,
+    tokenizer: Any | None = None,
 ) -> tuple[np.ndarray | None, dict[str, Any] | None, str]:
     """Tokens of :func:`_run_source`; when the run's own split cannot be loaded (a hub corpus
     offline, a moved file), the fallback instead. Returns (tokens, source, origin)."""
@@ -128,24 +176,36 @@ def _load_source(
     if source is None:
         return None, None, origin
     try:
-        return texts.load(source, where, f"{where}.source"), source, origin
+        return (
+            texts.load(source, where, f"{where}.source", tokenizer=tokenizer),
+            source,
+            origin,
+        )
     except Exception as err:  # noqa: BLE001  (any loading failure: try the fallback)
         fallback = _plain(fallback)
         if origin == "fallback" or fallback is None:
             raise
         log.warning("%s: the run's text failed to load (%s); using %s.fallback", where, err, where)
         source = dict(fallback)
-        return texts.load(source, where, f"{where}.fallback"), source, "fallback"
+        tokens = texts.load(source, where, f"{where}.fallback", tokenizer=tokenizer)
+        return tokens, source, "fallback"
 
 
-def _mitigation_thresholds(cfg: DictConfig) -> MitigationThresholds:
-    """The probes detect outliers with the report's thresholds (``probe.thresholds``)."""
-    th = OmegaConf.select(cfg, "probe.thresholds", default=None) or {}
-    return MitigationThresholds(
-        gamma_tau=float(th.get("gamma_tau", 10.0)),
-        abs_threshold=float(th.get("abs_threshold", 100.0)),
-        median_ratio=float(th.get("median_ratio", 1000.0)),
-    )
+def _thresholds(cfg: DictConfig) -> OutlierThresholds:
+    """The report's and the mitigation probes' thresholds (``probe.thresholds`` overrides)."""
+    return OutlierThresholds.from_any(_plain(OmegaConf.select(cfg, "probe.thresholds")) or None)
+
+
+def _hf_options(cfg: DictConfig) -> dict[str, Any]:
+    return _plain(OmegaConf.select(cfg, "hf", default=None)) or {}
+
+
+def _block_size(loaded: LoadedCheckpoint, cfg: DictConfig) -> int:
+    """The window: a sysout model's block size; a Hugging Face model's context, capped by
+    ``hf.max_length``."""
+    block = loaded.block_size
+    cap = _hf_options(cfg).get("max_length")
+    return min(block, int(cap)) if loaded.is_hf and cap else block
 
 
 def _instantiate_loggers(cfg: DictConfig) -> list[Any]:
@@ -203,29 +263,38 @@ def evaluate_checkpoint(
     taken: set[str],
 ) -> CheckpointResult:
     """Everything about one checkpoint; any failure is caught into the row's ``error``."""
+    checkpoint = f"hf:{entry.hf.name}" if entry.hf else str(entry.path)
     result = CheckpointResult(
-        label=make_label(None, entry.name), checkpoint=str(entry.path), run=entry.name
+        label=make_label(None, entry.name), checkpoint=checkpoint, run=entry.name
     )
     model = loaded = None
     try:
-        loaded = load_checkpoint(entry.path, weights_only=cfg.weights_only)
-        result.label = make_label(loaded.variant, entry.name, taken)
-        result.variant, result.step = loaded.variant, loaded.step
         device = resolve_device(cfg.device)
+        loaded = load_entry(entry, weights_only=cfg.weights_only, device=device)
+        result.label = make_label(None if loaded.is_hf else loaded.variant, entry.name, taken)
+        result.variant, result.step = loaded.variant, loaded.step
         model = loaded.model.to(device).eval()
-        block = loaded.block_size
+        block = _block_size(loaded, cfg)
         stride = cfg.stride
         if stride is not None and not 0 < int(stride) <= block:
             raise ValueError(f"stride={stride} must be in [1, block_size={block}] of this model")
         run_cfg = entry.run_config()
+        tok = loaded.tokenizer
         result.info.update(block_size=block, stride=stride or block)
+        if loaded.is_hf:
+            result.info.update(
+                dtype=loaded.hparams.get("dtype"),
+                tokenizer=getattr(tok, "name_or_path", None) or "gpt2 BPE (tiktoken)",
+            )
+            eval_tokens = _model_tokens(eval_tokens, texts, cfg, tok, model)
 
-        val_tokens = _validation(result, model, block, run_cfg, texts, cfg)
+        val_tokens = _validation(result, model, block, run_cfg, texts, cfg, tok)
         calibration, cal_error = None, None
         if any(needs_calibration(m) for m in methods):
-            calibration, cal_error = _calibration_batches(result, block, run_cfg, texts, cfg)
+            calibration, cal_error = _calibration_batches(result, block, run_cfg, texts, cfg, tok)
 
         measure = _measure(eval_tokens, block, stride, cfg, desc="windows")
+        result.info.update(eval_tokens=len(eval_tokens))
 
         result.methods = []
 
@@ -249,7 +318,7 @@ def evaluate_checkpoint(
                 calibration,
                 cal_error,
                 on_done=done,
-                thresholds=_mitigation_thresholds(cfg),
+                thresholds=_thresholds(cfg),
             )
         if cfg.outlier_report:
             _outliers(
@@ -259,6 +328,7 @@ def evaluate_checkpoint(
                 block,
                 cfg,
                 out_dir / result.label,
+                tok,
             )
     except Exception as err:  # noqa: BLE001  (the other checkpoints' rows must survive)
         result.error = f"{type(err).__name__}: {' '.join(str(err).split())}"
@@ -273,6 +343,27 @@ def evaluate_checkpoint(
     return result
 
 
+def _model_tokens(
+    gpt2_tokens: np.ndarray, texts: Texts, cfg: DictConfig, tok: Any, model: torch.nn.Module
+) -> np.ndarray:
+    """The evaluation text for a Hugging Face model: tokenized with its own tokenizer; without
+    one, GPT-2's BPE ids, which must fit its vocabulary."""
+    if tok is None:
+        vocab = int(model.config.vocab_size)
+        if int(np.max(gpt2_tokens)) >= vocab:
+            raise ValueError(
+                f"the model has no tokenizer and its vocabulary ({vocab}) is smaller than "
+                "GPT-2's: put tokenizer files in its folder"
+            )
+        return gpt2_tokens
+    tokens = texts.load(cfg.eval_text, "eval", "eval_text", _stream(cfg), tok)
+    return tokens[: int(cfg.max_eval_tokens)] if cfg.max_eval_tokens is not None else tokens
+
+
+def _stream(cfg: DictConfig) -> str:
+    return str(OmegaConf.select(cfg, "eval_stream", default="concat") or "concat")
+
+
 def _validation(
     result: CheckpointResult,
     model: torch.nn.Module,
@@ -280,12 +371,13 @@ def _validation(
     run_cfg: DictConfig | None,
     texts: Texts,
     cfg: DictConfig,
+    tok: Any | None = None,
 ) -> np.ndarray | None:
     """The run's validation loss (train.py's val/loss: the first ``windows`` non-overlapping
     windows of its val split). A missing val text is a problem noted in the row, not a failure."""
     try:
         tokens, source, origin = _load_source(
-            texts, cfg.val.source, cfg.val.fallback, run_cfg, "val"
+            texts, cfg.val.source, cfg.val.fallback, run_cfg, "val", tok
         )
         if tokens is None:
             return None
@@ -311,10 +403,13 @@ def _calibration_batches(
     run_cfg: DictConfig | None,
     texts: Texts,
     cfg: DictConfig,
+    tok: Any | None = None,
 ) -> tuple[list[torch.Tensor] | None, str | None]:
     c = cfg.calibration
     try:
-        tokens, source, origin = _load_source(texts, c.source, c.fallback, run_cfg, "calibration")
+        tokens, source, origin = _load_source(
+            texts, c.source, c.fallback, run_cfg, "calibration", tok
+        )
         if tokens is None:
             raise DataSourceError("calibration.source is null")
         batches = _calibration(tokens, block, int(c.windows), int(cfg.batch_size), int(c.seed))
@@ -335,9 +430,8 @@ def _outliers(
     block: int,
     cfg: DictConfig,
     out_dir: Path,
+    tok: Any | None = None,
 ) -> None:
-    from sysout.callbacks.outliers import probe_windows_from_tokens
-
     try:
         probe = cfg.probe
         batch = (
@@ -345,15 +439,20 @@ def _outliers(
             if len(tokens) > block
             else None
         )
-        enc = get_tokenizer(cfg.tiktoken_cache_dir)
-        sentence = enc.encode(probe.sentence)[:block] if probe.sentence else None
+        if tok is not None:  # a Hugging Face model's own tokenizer (LLaMA's BOS included)
+            encode = lambda text: list(tok(text)["input_ids"])
+            decode = lambda i: tok.decode([int(i)])
+        else:
+            enc = get_tokenizer(cfg.tiktoken_cache_dir)
+            encode, decode = enc.encode, lambda i: enc.decode([i])
+        sentence = encode(probe.sentence)[:block] if probe.sentence else None
         summary, files = outlier_report(
             model,
             out_dir,
             batch,
             sentence,
-            thresholds=_plain(probe.thresholds) or None,
-            decode=lambda i: enc.decode([i]),
+            thresholds=_thresholds(cfg),
+            decode=decode,
             sentence_text=probe.sentence,
             step=result.step,
         )
@@ -369,11 +468,17 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
     """Evaluate every checkpoint of ``cfg.checkpoints``; write and log the tables; return rows."""
     # Checks that need no evaluation work come first, so a typo fails in seconds.
     methods = normalize_methods(cfg.methods)
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     resolve_precision(cfg.precision)
-    entries = resolve_checkpoints(_plain(cfg.checkpoints), which=cfg.which)
+    _thresholds(cfg)
+    entries = resolve_checkpoints(
+        _plain(cfg.checkpoints),
+        which=cfg.which,
+        hf_dtype=_hf_options(cfg).get("dtype", "fp32"),
+        device=device,
+    )
     texts = Texts(cfg.cache_dir, cfg.tiktoken_cache_dir)
-    eval_tokens = texts.load(cfg.eval_text, "eval", "eval_text")
+    eval_tokens = texts.load(cfg.eval_text, "eval", "eval_text", _stream(cfg))
     if cfg.max_eval_tokens is not None:
         eval_tokens = eval_tokens[: int(cfg.max_eval_tokens)]
     if len(eval_tokens) < 2:
@@ -391,9 +496,16 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
         cfg.eval_text.path,
         out_dir,
     )
+    hf_cap = _hf_options(cfg).get("max_length")
     meta = {
-        "eval text": f"{cfg.eval_text.path} ({len(eval_tokens)} tokens)",
-        "stride": cfg.stride or "block size (non-overlapping windows)",
+        "eval text": f"{cfg.eval_text.path} ({len(eval_tokens)} GPT-2 tokens)",
+        "stream": {
+            "concat": "rows concatenated as stored",
+            "blank_lines": 'rows joined with "\\n\\n" (lm-eval / massive-activations)',
+        }[_stream(cfg)],
+        "window": "each model's block size"
+        + (f" (hf: context capped at {hf_cap})" if hf_cap else " (hf: its context length)"),
+        "stride": cfg.stride or "window (non-overlapping windows)",
         "precision": cfg.precision,
         "device": str(resolve_device(cfg.device)),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -16,6 +16,9 @@ from torch import Tensor, nn
 
 from sysout.attention import AttentionVariant, build_variant, get_variant_class
 
+# sysout's activation names -> nn.GELU's `approximate` argument.
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+
 
 @dataclass
 class GPTConfig:
@@ -29,6 +32,10 @@ class GPTConfig:
     attention: str = "softmax"
     attention_impl: str = "auto"
     attention_options: dict[str, Any] = field(default_factory=dict)
+    # MLP activation: "gelu" (exact erf form, nanoGPT's) or "gelu_tanh" (the tanh approximation
+    # OpenAI's GPT-2 weights were trained with; transformers' "gelu_new"). Imported weights must
+    # run with the activation they were trained with.
+    activation: str = "gelu"
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -42,6 +49,10 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         self.attention_options = dict(self.attention_options or {})
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +103,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
         # c_proj is where weight outliers live; its input (after GELU) is probed too.
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
