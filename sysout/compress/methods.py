@@ -212,7 +212,7 @@ _ENTRIES = [
         _MASSIVE + " clipped to the edge of the rule (max(abs_threshold, median_ratio x median))",
         _massive("clip"),
         needs_calibration=True,
-        anchor=_RAMAN + " (clipping carried massive activations)",
+        anchor="no anchor code (SPEC 5's 'clip'); motivated by " + _RAMAN,
     ),
 ]
 
