@@ -159,3 +159,25 @@ def test_official_checkpoints_load_into_the_matching_variant(tmp_path, model_typ
         torch.save({"model": state, "model_args": args}, path)
         with pytest.raises(Exception, match="gpt2_attn_bias .* gpt2_cabias"):
             load_checkpoint(path)
+
+
+def test_a_sysout_model_and_its_export_give_the_same_probe_report():
+    from sysout.outliers.probe import run_probe
+
+    torch.manual_seed(4)
+    model = build_gpt(TINY, {"name": "softmax"}).eval()
+    with torch.no_grad():  # a planted massive activation: token 0, dim 5, from block 1's MLP
+        model.transformer.wpe.weight[0, 3] = 3.0
+        model.transformer.h[1].mlp.c_fc.weight[7, 3] = 3.0
+        model.transformer.h[1].mlp.c_proj.weight[5, 7] = 400.0
+    hf = hf_gpt2_from_sysout(model)
+    idx = _ids(n=16, vocab=50304)
+    ours, theirs = run_probe(model, idx, None), run_probe(hf, idx, None)
+    for a, b in zip(ours.layers, theirs.layers, strict=True):
+        assert a.activation.dims == b.activation.dims
+        assert a.activation.top1 == pytest.approx(b.activation.top1, rel=1e-5)
+        assert a.c_proj.outlier_cols == b.c_proj.outlier_cols
+    assert [(r.layer, r.position, r.dim) for r in ours.outliers] == [
+        (r.layer, r.position, r.dim) for r in theirs.outliers
+    ]
+    assert 5 in ours.layers[1].activation.dims
