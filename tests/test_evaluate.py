@@ -276,7 +276,7 @@ def test_evaluate_a_trained_sweep(tmp_path, shared_dir, token_cache_dir):
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
     methods = ["w8a8", "w4a16", "magnitude_2of4", "wanda_50", "gamma_reset_one",
-               "residual_median", "gamma_reset_one+w8a8"]  # fmt: skip
+               "set_mean", "gamma_reset_one+w8a8"]  # fmt: skip
     run = subprocess.run(
         [sys.executable, "evaluate.py", f"checkpoints={sweep}", f"methods=[{','.join(methods)}]",
          "max_eval_tokens=300", "logger=none", "progress=false", f"hydra.run.dir={out}",
