@@ -24,6 +24,11 @@ EXTRA_NONE = tl.constexpr(0)
 EXTRA_KV = tl.constexpr(1)  # one more column of the softmax, weight applied to v'
 EXTRA_CONTEXT = tl.constexpr(2)  # softmax over real keys, plus sigmoid(e - LSE) v'
 
+# Which mask a loop of the backward needs.
+MASK_NONE = tl.constexpr(0)  # whole blocks strictly inside the causal triangle
+MASK_CAUSAL = tl.constexpr(1)  # the diagonal block: causal mask, rows stop at T
+MASK_ROWS = tl.constexpr(2)  # the last partial block: rows stop at T
+
 # Output scale Y = S * O.
 SCALE_NONE = tl.constexpr(0)
 SCALE_HEAD = tl.constexpr(1)  # S is [B, H, T]: one factor per token and head
@@ -31,6 +36,7 @@ SCALE_CHANNEL = tl.constexpr(2)  # S is [B, H, T, d]: one factor per channel
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = 0.6931471805599453
+LN2_HALF = tl.constexpr(0.34657359027997264)
 
 
 # The interpreter cannot benchmark, so it gets exactly one config per kernel. Those blocks are
@@ -61,39 +67,46 @@ def fwd_configs() -> list[triton.Config]:
     ]
 
 
-def bwd_kv_configs() -> list[triton.Config]:
-    """dK/dV (and key mass): BLOCK_N keys per program, BLOCK_M queries per step.
+def bwd_configs() -> list[triton.Config]:
+    """Backward (dK, dV, atomic dQ): BLOCK_N keys per program, BLOCK_M queries per step.
 
-    BLOCK_N must be a multiple of BLOCK_M.
+    BLOCK_N must be a multiple of BLOCK_M. dK and dV stay in registers ([BLOCK_N, d] fp32 each)
+    beside two [BLOCK_N, BLOCK_M] fp32 tiles and a dQ tile: 128-key blocks need 8 warps.
     """
     if interpreting():
         return [_cfg(16, 32, 4, 1)]
     return [
-        _cfg(32, 128, 4, 3),
-        _cfg(32, 128, 4, 4),
-        _cfg(32, 128, 8, 3),
+        _cfg(64, 128, 8, 2),
         _cfg(64, 128, 8, 3),
-        _cfg(64, 128, 4, 2),
+        _cfg(32, 128, 8, 3),
+        _cfg(64, 64, 4, 3),
+        _cfg(64, 64, 4, 2),
         _cfg(32, 64, 4, 3),
+    ]
+
+
+def mass_configs() -> list[triton.Config]:
+    """Key mass: BLOCK_N keys per program, BLOCK_M queries per step (one matmul per tile)."""
+    if interpreting():
+        return [_cfg(16, 32, 4, 1)]
+    return [
+        _cfg(64, 128, 8, 3),
+        _cfg(32, 128, 4, 3),
         _cfg(64, 64, 4, 3),
     ]
 
 
-def bwd_q_configs() -> list[triton.Config]:
-    """dQ (and the clip Delta pass): BLOCK_M queries per program, BLOCK_N keys per step.
+def delta_configs() -> list[triton.Config]:
+    """Clipped-softmax Delta: BLOCK_M queries per program, BLOCK_N keys per step (two matmuls).
 
     BLOCK_M must be a multiple of BLOCK_N.
     """
     if interpreting():
         return [_cfg(32, 16, 4, 1)]
     return [
-        _cfg(128, 32, 4, 3),
-        _cfg(128, 32, 4, 4),
-        _cfg(128, 32, 8, 3),
         _cfg(128, 64, 8, 3),
-        _cfg(128, 64, 4, 2),
+        _cfg(128, 32, 4, 3),
         _cfg(64, 64, 4, 3),
-        _cfg(64, 32, 4, 3),
     ]
 
 
@@ -121,12 +134,63 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
     return [c for c in configs if keep(c)] or configs
 
 
-def autotune(configs: list[triton.Config], key: list[str]):
+def autotune(configs: list[triton.Config], key: list[str], restore_value: list[str] | None = None):
     """``triton.autotune`` with the pruning above, caching its timings on disk where this Triton
-    can, so that a new training process does not re-benchmark every config."""
-    kwargs = {}
+    can, so that a new training process does not re-benchmark every config. ``restore_value``
+    names outputs the kernel accumulates into (benchmark runs must not add up)."""
+    kwargs = {"restore_value": restore_value} if restore_value else {}
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         kwargs["cache_results"] = True
     return triton.autotune(
         configs=configs, key=key, prune_configs_by={"early_config_prune": _prune}, **kwargs
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the kernels
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def tile_offsets(start, stride, offs_r, offs_c):
+    """Offsets of a [rows, cols] tile whose first row is `start`: the block start in 64 bits
+    (T x stride can pass 2^31: a token-major [B, T, 3C] projection at T ~ 930K, C = 768), the
+    offsets inside the tile in 32 bits (BLOCK x stride stays small)."""
+    return tl.cast(start, tl.int64) * stride + (offs_r[:, None] * stride + offs_c[None, :])
+
+
+@triton.jit
+def tile_offsets_t(start, stride, offs_r, offs_c):
+    """The same tile read transposed: [cols, rows] (K^T straight from memory)."""
+    return tl.cast(start, tl.int64) * stride + (offs_c[:, None] + offs_r[None, :] * stride)
+
+
+@triton.jit
+def program_block(num_blocks, BH, HEAVY_FIRST: tl.constexpr):
+    """(block, batch*head) of this program in a 1-D grid of num_blocks * BH programs.
+
+    One dimension holds any B*H (the second grid dimension stops at 65535). Consecutive
+    programs take the same block of every head; HEAVY_FIRST walks the blocks from the last
+    (the forward's longest causal rows) so that the short ones fill the tail of the launch.
+    """
+    pid = tl.program_id(0)
+    block = pid // BH
+    if HEAVY_FIRST:
+        block = num_blocks - 1 - block
+    return block, pid % BH
+
+
+@triton.jit
+def sigmoid_weights(qk, qk_scale, log2_tk, FAST: tl.constexpr):
+    """sigmoid(s - ln T) from raw scores qk (s = qk * sm_scale; qk_scale = sm_scale log2 e).
+
+    FAST (CUDA, half inputs): one special-function op, sigmoid(x) = (1 + tanh(x / 2)) / 2 with
+    the approximate tanh (max rel. error ~2^-11, below bf16/fp16 resolution). Otherwise (the
+    interpreter, fp32) 1 / (1 + 2^(log2 T - s2)): an exp2 and a reciprocal.
+    """
+    if FAST:
+        h = LN2_HALF * qk_scale  # x / 2 = qk * h - ln(T) / 2
+        c = LN2_HALF * log2_tk
+        t = tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=r,r", [qk * h - c], dtype=tl.float32, is_pure=True, pack=1
+        )
+        return 0.5 * t + 0.5
+    return 1.0 / (1.0 + tl.math.exp2(log2_tk - qk * qk_scale))

@@ -27,6 +27,10 @@ from ._common import (
     SCALE_NONE,
     autotune,
     fwd_configs,
+    program_block,
+    sigmoid_weights,
+    tile_offsets,
+    tile_offsets_t,
 )
 
 
@@ -51,56 +55,69 @@ def _fwd_inner(
     log2_tk,
     clip_a,
     clip_g,
-    HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
     MODE: tl.constexpr,
     STATS_ONLY: tl.constexpr,
+    SCALE_POS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """Accumulate keys [lo, hi) into (acc, l_i, m_i). MASKED: apply causal and T bounds."""
+    """Accumulate keys [lo, hi) into (acc, l_i, m_i). MASKED: the diagonal block (causal mask;
+    loads stop at T)."""
+    # K is read transposed ([d, BLOCK_N]) straight from memory: no in-register transpose.
+    kT_ptrs = K_base + tile_offsets_t(lo, stride_kt, offs_n, offs_d)
+    v_ptrs = V_base + tile_offsets(lo, stride_vt, offs_n, offs_d)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        # K is read transposed ([d, BLOCK_N]) straight from memory: no in-register transpose.
-        kT_ptrs = K_base + cols[None, :] * stride_kt + offs_d[:, None]
         kT = tl.load(kT_ptrs, mask=cols[None, :] < T, other=0.0) if MASKED else tl.load(kT_ptrs)
-        s2 = tl.dot(q, kT, input_precision=DOT_PREC) * qk_scale
+        qk = tl.dot(q, kT, input_precision=DOT_PREC)
         if MASKED:
-            valid = (cols[None, :] <= offs_m[:, None]) & (cols[None, :] < T)
-            s2 = tl.where(valid, s2, float("-inf"))
+            # Rows past T are never stored, so only the causal half of the mask is needed:
+            # a real row i sees cols <= i < T.
+            valid = cols[None, :] <= offs_m[:, None]
 
         if MODE == MODE_SOFTMAX:
-            # Online softmax: rescale what we have by 2^(m_old - m_new).
-            m_new = tl.maximum(m_i, tl.max(s2, 1))
-            p = tl.math.exp2(s2 - m_new[:, None])
+            # Online softmax in base 2: rescale what we have by 2^(m_old - m_new).
+            if MASKED:
+                s2 = tl.where(valid, qk * qk_scale, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s2, 1))
+                p = tl.math.exp2(s2 - m_new[:, None])
+            else:
+                # The scale is folded into one FMA per score: max(qk * c) = c max(qk), c > 0.
+                if SCALE_POS:
+                    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                else:
+                    m_new = tl.maximum(m_i, tl.min(qk, 1) * qk_scale)
+                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             if not STATS_ONLY:
                 acc = acc * alpha[:, None]
             m_i = m_new
         elif MODE == MODE_SIGMOID:
-            # sigmoid(s - ln T) = 1 / (1 + 2^(log2 T - s2)); no running max or sum needed.
-            p = 1.0 / (1.0 + tl.math.exp2(log2_tk - s2))
+            p = sigmoid_weights(qk, qk_scale, log2_tk, FAST_SIGMOID)
             if MASKED:
                 p = tl.where(valid, p, 0.0)
         else:
             # Clipped softmax, second pass: normalised p from the stored LSE, then clamp.
-            p = tl.math.exp2(s2 - lse[:, None])
+            p = tl.math.exp2(qk * qk_scale - lse[:, None])
             p = tl.minimum(tl.maximum(clip_a * p + clip_g, 0.0), 1.0)
             if MASKED:
                 p = tl.where(valid, p, 0.0)
 
         if not STATS_ONLY:
-            v_ptrs = V_base + cols[:, None] * stride_vt + offs_d[None, :]
             v = tl.load(v_ptrs, mask=cols[:, None] < T, other=0.0) if MASKED else tl.load(v_ptrs)
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        kT_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
     return acc, l_i, m_i
 
 
 @autotune(
     fwd_configs(),
-    ["T", "HEAD_DIM", "MODE", "HAS_SINK", "EXTRA", "SCALE", "STATS_ONLY"],
+    ["T", "HEAD_DIM", "MODE", "HAS_SINK", "EXTRA", "SCALE", "STATS_ONLY", "FAST_SIGMOID"],
 )
 @triton.jit
 def attn_fwd_kernel(
@@ -130,6 +147,7 @@ def attn_fwd_kernel(
     stride_sb,
     stride_sh,
     stride_st,
+    B,
     H,
     T,
     qk_scale,
@@ -143,6 +161,8 @@ def attn_fwd_kernel(
     SCALE: tl.constexpr,
     STORE_RAW: tl.constexpr,
     STATS_ONLY: tl.constexpr,
+    SCALE_POS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -155,13 +175,14 @@ def attn_fwd_kernel(
     STATS_ONLY computes the LSE alone (first pass of the clipped softmax).
     """
     tl.static_assert(BLOCK_M % BLOCK_N == 0)  # the diagonal block is walked in BLOCK_N steps
-    start_m = tl.program_id(0)
-    off_hz = tl.program_id(1)
+    start_m, off_hz = program_block(tl.cdiv(T, BLOCK_M), B * H, True)
     off_b = (off_hz // H).to(tl.int64)
     off_h = (off_hz % H).to(tl.int64)
     row0 = off_hz.to(tl.int64) * T  # offset of this (b, h) in LSE / E
+    lo = start_m * BLOCK_M
 
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_mb = tl.arange(0, BLOCK_M)
+    offs_m = lo + offs_mb
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
@@ -169,9 +190,8 @@ def attn_fwd_kernel(
     Q_base = Q + off_b * stride_qb + off_h * stride_qh
     K_base = K + off_b * stride_kb + off_h * stride_kh
     V_base = V + off_b * stride_vb + off_h * stride_vh
-    q = tl.load(
-        Q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0
-    )
+    q_offs = tile_offsets(lo, stride_qt, offs_mb, offs_d)
+    q = tl.load(Q_base + q_offs, mask=row_ok[:, None], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -201,7 +221,6 @@ def attn_fwd_kernel(
                 acc = w_e[:, None] * ev[None, :]
 
     # Keys strictly left of the diagonal block: all valid for every row, no mask.
-    lo = start_m * BLOCK_M
     acc, l_i, m_i = _fwd_inner(
         acc,
         l_i,
@@ -222,11 +241,12 @@ def attn_fwd_kernel(
         log2_tk,
         clip_a,
         clip_g,
-        HEAD_DIM,
         BLOCK_N,
         False,
         MODE,
         STATS_ONLY,
+        SCALE_POS,
+        FAST_SIGMOID,
         DOT_PREC,
     )
     # The diagonal block, stopping at the sequence end.
@@ -251,11 +271,12 @@ def attn_fwd_kernel(
         log2_tk,
         clip_a,
         clip_g,
-        HEAD_DIM,
         BLOCK_N,
         True,
         MODE,
         STATS_ONLY,
+        SCALE_POS,
+        FAST_SIGMOID,
         DOT_PREC,
     )
 
@@ -271,20 +292,17 @@ def attn_fwd_kernel(
                 p0 = 1.0 / (1.0 + tl.math.exp2(lse - e2))
                 o = o + p0[:, None] * ev[None, :]
         out_offs = (
-            off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+            off_b * stride_ob + off_h * stride_oh + tile_offsets(lo, stride_ot, offs_mb, offs_d)
         )
         if STORE_RAW:
             tl.store(OutRaw + out_offs, o.to(OutRaw.dtype.element_ty), mask=row_ok[:, None])
         if SCALE != SCALE_NONE:
             S_base = Scale + off_b * stride_sb + off_h * stride_sh
             if SCALE == SCALE_HEAD:
-                s = tl.load(S_base + offs_m * stride_st, mask=row_ok, other=0.0)
+                s = tl.load(S_base + lo.to(tl.int64) * stride_st + offs_mb * stride_st, mask=row_ok)
                 o = o * s.to(tl.float32)[:, None]
             elif SCALE == SCALE_CHANNEL:
-                s = tl.load(
-                    S_base + offs_m[:, None] * stride_st + offs_d[None, :],
-                    mask=row_ok[:, None],
-                    other=0.0,
-                )
+                s_offs = tile_offsets(lo, stride_st, offs_mb, offs_d)
+                s = tl.load(S_base + s_offs, mask=row_ok[:, None], other=0.0)
                 o = o * s.to(tl.float32)
         tl.store(Out + out_offs, o.to(Out.dtype.element_ty), mask=row_ok[:, None])

@@ -58,7 +58,7 @@ import torch
 import triton
 from torch import Tensor
 
-from ._backward import attn_bwd_kv_kernel, attn_bwd_preprocess_kernel, attn_bwd_q_kernel
+from ._backward import attn_bwd_kernel, attn_bwd_preprocess_kernel
 from ._common import (
     EXTRA_CONTEXT,
     EXTRA_KV,
@@ -75,6 +75,7 @@ from ._common import (
 )
 from ._env import SUPPORTED_HEAD_DIMS, kernel_supported
 from ._forward import attn_fwd_kernel
+from ._passes import attn_clip_delta_kernel, attn_key_mass_kernel
 
 __all__ = ["fused_attention", "kernel_supported", "SUPPORTED_HEAD_DIMS"]
 
@@ -122,6 +123,11 @@ def _strides3(x: Tensor | None) -> tuple[int, int, int]:
     return (x.stride(0), x.stride(1), x.stride(2)) if x is not None else (0, 0, 0)
 
 
+def _fast_sigmoid(q: Tensor) -> bool:
+    # tanh.approx is PTX (no interpreter) and ~2^-11 accurate: enough for half inputs only.
+    return q.is_cuda and q.dtype != torch.float32
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 inputs would otherwise go through TF32 tensor cores (10-bit mantissa).
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -149,7 +155,7 @@ def _forward(
     def dummy(x: Tensor | None) -> Tensor:  # unused pointer arguments still need a tensor
         return q if x is None else x
 
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)
 
     def launch(mode: int, stats_only: bool) -> None:
         attn_fwd_kernel[grid](
@@ -169,6 +175,7 @@ def _forward(
             *_strides3(v),
             *_strides3(out),
             *_strides3(scale),
+            B,
             H,
             T,
             spec.qk_scale,
@@ -182,6 +189,8 @@ def _forward(
             SCALE=spec.scale,
             STORE_RAW=store_raw,
             STATS_ONLY=stats_only,
+            SCALE_POS=spec.sm_scale > 0,
+            FAST_SIGMOID=_fast_sigmoid(q),
             DOT_PREC=_dot_precision(q.dtype),
         )
 
@@ -197,34 +206,24 @@ def _key_mass(q: Tensor, k: Tensor, lse: Tensor | None, spec: _Spec) -> Tensor:
     """sum_i W_ij per key j ([B, H, T] fp32), W the weights applied to v (sink / slot excluded)."""
     B, H, T, D = q.shape
     mass = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    lse = lse if lse is not None else mass
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)
-    attn_bwd_kv_kernel[grid](
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)
+    attn_key_mass_kernel[grid](
         q,
         k,
-        k,
-        q,
-        lse,
-        lse,
-        q,
-        q,
+        lse if lse is not None else mass,
         mass,
         *_strides3(q),
         *_strides3(k),
-        *_strides3(k),
-        *_strides3(q),
-        *_strides3(q),
-        *_strides3(q),
+        B,
         H,
         T,
         spec.qk_scale,
-        spec.sm_scale,
         math.log2(T),
         spec.clip_a,
         spec.clip_g,
         HEAD_DIM=D,
         MODE=spec.mode,
-        MASS_ONLY=True,
+        FAST_SIGMOID=_fast_sigmoid(q),
         DOT_PREC=_dot_precision(q.dtype),
     )
     return mass
@@ -255,17 +254,20 @@ def _backward(
     do = torch.empty(B, H, T, D, dtype=q.dtype, device=dev) if spec.scale != _NO_SCALE else dy
     delta = torch.empty(B, H, T, **f32) if spec.mode != _SIGMOID else None
     n_pre = triton.cdiv(T, PRE_BLOCK_M)
-    de = torch.empty(B, H, T, **f32) if spec.extra != _NO_EXTRA else None
-    part_ek = torch.empty(B, H, n_pre, D, **f32) if spec.extra != _NO_EXTRA else None
-    part_ev = torch.empty(B, H, n_pre, D, **f32) if spec.extra != _NO_EXTRA else None
+    has_extra = spec.extra != _NO_EXTRA
+    de = torch.empty(B, H, T, **f32) if has_extra else None
+    part_ek = torch.empty(B, H, n_pre, D, **f32) if has_extra else None
+    part_ev = torch.empty(B, H, n_pre, D, **f32) if has_extra else None
     dscale = torch.empty(scale.shape, **f32) if scale_grad else None
+    # dQ is summed atomically over key blocks in fp32; the preprocess seeds it with de k'.
+    dq_acc = (torch.empty if has_extra else torch.zeros)(B, H, T, D, **f32)
     prec = _dot_precision(q.dtype)
 
     def dummy(x: Tensor | None) -> Tensor:
         return q if x is None else x
 
     if spec.mode != _SIGMOID or spec.scale != _NO_SCALE:
-        attn_bwd_preprocess_kernel[(n_pre, B * H)](
+        attn_bwd_preprocess_kernel[(n_pre * B * H,)](
             dy,
             o_saved,
             dummy(scale),
@@ -274,8 +276,10 @@ def _backward(
             dummy(lse),
             dummy(e2),
             q,
+            dummy(ek),
             dummy(ev),
             dummy(de),
+            dq_acc,
             dummy(part_ek),
             dummy(part_ev),
             dummy(dscale),
@@ -284,6 +288,7 @@ def _backward(
             *_strides3(scale),
             *_strides3(do),
             *_strides3(q),
+            B,
             H,
             T,
             HEAD_DIM=D,
@@ -294,96 +299,72 @@ def _backward(
             SCALE_GRAD=scale_grad,
             BLOCK_M=PRE_BLOCK_M,
         )
-    common = (spec.qk_scale, spec.sm_scale, math.log2(T), spec.clip_a, spec.clip_g)
-    q_grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
-    kv_grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)
-
     if spec.mode == _CLIP:  # Delta_i = sum_j P_ij dP_ij needs its own pass over the keys
-        attn_bwd_q_kernel[q_grid](
+        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)
+        attn_clip_delta_kernel[grid](
             q,
             k,
             v,
             do,
             lse,
             delta,
-            q,
-            q,
-            q,
             *_strides3(q),
             *_strides3(k),
             *_strides3(v),
             *_strides3(do),
-            *_strides3(q),
+            B,
             H,
             T,
-            *common,
+            spec.qk_scale,
+            spec.clip_a,
+            spec.clip_g,
             HEAD_DIM=D,
-            MODE=spec.mode,
-            EXTRA=_NO_EXTRA,
-            DELTA_ONLY=True,
             DOT_PREC=prec,
         )
 
     dq = dk = dv = None
-    if needs[1] or needs[2]:
+    if any(needs[:3]):
+        # One kernel gives all three (dQ comes from the same tiles as dK, dV).
         dk, dv = _empty_like_layout(k), _empty_like_layout(v)
-        attn_bwd_kv_kernel[kv_grid](
+        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)
+        attn_bwd_kernel[grid](
             q,
             k,
             v,
             do,
             dummy(lse),
             dummy(delta),
+            dq_acc,
             dk,
             dv,
-            q,
             *_strides3(q),
             *_strides3(k),
             *_strides3(v),
             *_strides3(do),
             *_strides3(dk),
             *_strides3(dv),
+            B,
             H,
             T,
-            *common,
+            spec.qk_scale,
+            spec.sm_scale,
+            math.log2(T),
+            spec.clip_a,
+            spec.clip_g,
             HEAD_DIM=D,
             MODE=spec.mode,
-            MASS_ONLY=False,
+            FAST_SIGMOID=_fast_sigmoid(q),
             DOT_PREC=prec,
         )
-    if needs[0]:
-        dq = _empty_like_layout(q)
-        attn_bwd_q_kernel[q_grid](
-            q,
-            k,
-            v,
-            do,
-            dummy(lse),
-            dummy(delta),
-            dummy(de),
-            dummy(ek),
-            dq,
-            *_strides3(q),
-            *_strides3(k),
-            *_strides3(v),
-            *_strides3(do),
-            *_strides3(dq),
-            H,
-            T,
-            *common,
-            HEAD_DIM=D,
-            MODE=spec.mode,
-            EXTRA=spec.extra,
-            DELTA_ONLY=False,
-            DOT_PREC=prec,
-        )
+        if needs[0]:
+            dq = _empty_like_layout(q).copy_(dq_acc.mul_(spec.sm_scale))
 
     dsink = dek = dev_ = None
     if spec.has_sink and needs[3]:
         # dz_h = -sum_{b,i} P_sink[b,h,i] Delta[b,h,i], P_sink = exp(z_h - LSE)
         z2 = sink.float()[None, :, None] * LOG2E.value
         dsink = -(torch.exp2(z2 - lse) * delta).sum(dim=(0, 2)).to(sink.dtype)
-    if spec.extra != _NO_EXTRA:
+    if has_extra:
         if needs[4]:
             dek = (part_ek.sum(dim=(0, 2)) * spec.sm_scale).to(ek.dtype)
         if needs[5]:
