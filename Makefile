@@ -7,7 +7,7 @@ EXPERIMENT ?= quickstart
 # The paper's six formulations, (a)-(f) of SPEC section 3.
 PAPER_VARIANTS ?= softmax,value_bias,context_bias,kv_bias,ca_scaling,sigmoid
 
-.PHONY: install train sweep test test-fast lint format clean
+.PHONY: install train sweep lab test test-fast test-lab lint format clean
 
 # torch first, pinned to the CPU build this machine carries: a bare `torch` requirement would
 # pull several GB of CUDA wheels. An existing torch (any build) is kept.
@@ -21,11 +21,23 @@ train: install
 sweep: install
 	$(PYTHON) train.py -m experiment=$(EXPERIMENT) attention=$(PAPER_VARIANTS) $(ARGS)
 
+# The CPU laboratory (docs/lab.md): ten variants x two seeds on Bigram-Backcopy with BOS, a
+# subset without BOS, the longer runs; one thread per run, two at a time; then the report.
+LAB_OUT ?= outputs/lab/sink_lab
+LAB_ARGS ?= --nobos-variants softmax,sigmoid,kv_bias,sink_logit --longer-variants softmax,kv_bias
+lab: install
+	$(PYTHON) -m sysout.lab.sweep --out $(LAB_OUT) --jobs 2 $(LAB_ARGS)
+	$(PYTHON) -m sysout.lab.report $(LAB_OUT) --md docs/results/sink-lab.md
+
 test: install
 	$(PYTHON) -m pytest -v --durations=15 $(ARGS)
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
+
+# The lab's end-to-end check: softmax grows a BOS sink, sigmoid does not (two 600-step runs).
+test-lab: install
+	SYSOUT_LAB_TESTS=1 $(PYTHON) -m pytest -v tests/test_sink_lab.py $(ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .
