@@ -332,3 +332,27 @@ def test_fused_key_mass_path_equals_the_weights_path(variant: str) -> None:
     for x, y in zip(a.layers, b.layers):
         assert torch.allclose(x.attention.mean_mass, y.attention.mean_mass, atol=1e-4)
     assert torch.allclose(a.sentence.attention.sum(dim=1), a.sentence.key_mass, atol=1e-4)
+
+
+def test_outlier_report_files_carry_lifecycle_and_token_classes(planted, tmp_path) -> None:
+    import csv
+
+    from sysout.evaluation.outlier_report import outlier_report
+
+    model, batch, sentence, _ = planted
+    enc = _tokenizer()
+    summary, files = outlier_report(
+        model, tmp_path, batch, sentence, decode=lambda i: enc.decode([i])
+    )
+    with open(files["lifecycle_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    # the planted activation (token 0, dim D) is born in block 0 by column U of its c_proj
+    born = [r for r in rows if (r["token"], r["dim"]) == ("0", str(D))]
+    assert born and born[0]["created"] == "0" and born[0]["column"] == str(U)
+    assert files["lifecycle"].stat().st_size > 0
+    with open(files["outliers"]) as f:
+        records = list(csv.DictReader(f))
+    assert records and {r["token_class"] for r in records if r["kind"] == "block_output"} == {
+        "initial"
+    }
+    assert summary["outlier_tokens_initial"] == B and summary["outlier_tokens_other"] == 0

@@ -14,6 +14,7 @@ from torch import nn
 from sysout.evaluation.report import _md_table, fmt, save_figure, write_csv
 from sysout.evaluation.robustness import CheckpointResult
 from sysout.outliers import PROBE_SENTENCE, OutlierRecord, OutlierThresholds, run_probe
+from sysout.outliers.lifecycle import lifecycle_figure, lifecycles, write_lifecycle_csv
 from sysout.outliers.plots import report_figures
 
 #: Probe-summary figures shown in the cross-checkpoint outlier table (all are in the CSV).
@@ -48,8 +49,9 @@ def outlier_report(
 ) -> tuple[dict[str, float], dict[str, Path]]:
     """Probe ``model`` (SPEC 2) and write SPEC 5's outlier report into ``out_dir``: figures
     (per-layer top-k/median curves, attention heat map and 3-D surface of the probe sentence,
-    weight-outlier plot) as PNG, and CSVs (per-layer statistics, consistency, outlier list,
-    summary). Returns the probe summary and the files written."""
+    weight-outlier plot, the lifecycle of the largest massive activations) as PNG, and CSVs
+    (per-layer statistics, consistency, outlier list with token classes, lifecycle, summary).
+    Returns the probe summary and the files written."""
 
     report = run_probe(
         model,
@@ -89,6 +91,16 @@ def outlier_report(
         }
     )
     files["consistency"] = write_csv(out_dir / "consistency.csv", list(consistency[0]), consistency)
+    # The lifecycle of the largest massive activations of the sentence (or the first window).
+    sequence = torch.as_tensor(sentence) if sentence else batch[0] if batch is not None else None
+    if sequence is not None:
+        found = lifecycles(model, sequence.reshape(-1), report.thresholds)
+        files["lifecycle_csv"] = write_lifecycle_csv(found, out_dir / "lifecycle.csv")
+        files["lifecycle"] = save_figure(
+            lifecycle_figure(found, f"{report.variant}: lifecycle of massive activations"),
+            out_dir / "lifecycle.png",
+            dpi=90,
+        )
     files["outliers"] = write_csv(
         out_dir / "outlier_records.csv",
         OutlierRecord.COLUMNS,

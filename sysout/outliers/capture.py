@@ -32,6 +32,7 @@ class ProbePass:
 
     keep_tensors: bool  # the sentence pass keeps h and attention weights
     query_groups: Mapping[str, Tensor] = field(default_factory=dict)
+    shape: tuple[int, int] = (0, 0)  # [B, T] of the token ids, to unflatten [B*T, C] tensors
     embedding: ActivationOutlierStats | None = None
     activation: dict[int, ActivationOutlierStats] = field(default_factory=dict)
     mlp_input: dict[int, ActivationOutlierStats] = field(default_factory=dict)
@@ -42,6 +43,14 @@ class ProbePass:
     hidden: dict[int, Tensor] = field(default_factory=dict)
     weights: dict[int, Tensor] = field(default_factory=dict)
     key_mass: dict[int, Tensor] = field(default_factory=dict)
+
+
+def _sequences(x: Tensor, rec: ProbePass) -> Tensor:
+    """[B, T, C] for a tensor some models flatten to [B*T, C] (OPT's MLP)."""
+    b, t = rec.shape
+    if x.dim() == 2 and x.shape[0] == b * t:
+        return x.view(b, t, x.shape[-1])
+    return x
 
 
 def norm_names(adapter: ModelAdapter) -> dict[str, nn.Module]:
@@ -88,13 +97,13 @@ def register(
 
     def on_output(i: int, name: str):
         def hook(_m: nn.Module, _args: Any, out: Any) -> None:
-            rec.moments[(i, name)] = moment_stats(first_tensor(out))
+            rec.moments[(i, name)] = moment_stats(_sequences(first_tensor(out), rec))
 
         return hook
 
     def on_mlp_input(i: int):
         def hook(_m: nn.Module, args: tuple) -> None:
-            rec.mlp_input[i] = activation_outliers(args[0], th)
+            rec.mlp_input[i] = activation_outliers(_sequences(args[0], rec), th)
 
         return hook
 
@@ -147,6 +156,7 @@ def register(
 def forward(adapter: ModelAdapter, idx: Tensor, rec: ProbePass, th: OutlierThresholds) -> ProbePass:
     """One probe pass of ``idx`` through the model with the hooks, stopped after the final norm
     (the [B, T, V] logits are not needed)."""
+    rec.shape = (int(idx.shape[0]), int(idx.shape[1]))
     handles, last = register(adapter, rec, th)
     try:
         adapter.run(idx, stop_after=last)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from sysout.adapters import (
@@ -192,16 +193,12 @@ def write_lifecycle_csv(items: list[Lifecycle], path: Path) -> Path:
     return path
 
 
-def plot_lifecycle(items: list[Lifecycle], path: Path, title: str = "") -> Path:
+def lifecycle_figure(items: list[Lifecycle], title: str = "") -> Figure:
     """Per activation: the signed stage values through the blocks (creation and disappearance
     marked), and the sink token's mean key / value norm against the other tokens'."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = max(1, len(items))
-    fig, axes = plt.subplots(rows, 2, figsize=(12, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(12, 3.2 * rows))
+    axes = fig.subplots(rows, 2, squeeze=False)
     for r, lc in enumerate(items):
         ax, hx = axes[r]
         layers = range(len(lc.values["residual"]))
@@ -227,7 +224,11 @@ def plot_lifecycle(items: list[Lifecycle], path: Path, title: str = "") -> Path:
         axes[0, 0].text(0.5, 0.5, "no massive activation", ha="center")
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_lifecycle(items: list[Lifecycle], path: Path, title: str = "") -> Path:
+    """:func:`lifecycle_figure` saved as a PNG (Agg, no pyplot state)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    lifecycle_figure(items, title).savefig(path, dpi=110)
     return path

@@ -38,6 +38,7 @@ from .reports import (
     SentenceReport,
 )
 from .rules import OutlierThresholds
+from .tokens import token_class
 from .weights import WeightOutlierStats, weight_outliers_by_name
 
 
@@ -232,7 +233,12 @@ def _records(
         for layer, stats in sorted(per_layer.items()):
             for b, t, c, value in stats.positions:
                 tok = int(ids_cpu[b, t])
-                out.append(OutlierRecord(kind, source, layer, b, t, tok, name(tok), c, value))
+                text = name(tok)
+                out.append(
+                    OutlierRecord(
+                        kind, source, layer, b, t, tok, text, c, value, token_class(t, text)
+                    )
+                )
     return out
 
 

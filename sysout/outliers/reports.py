@@ -25,6 +25,7 @@ from .consistency import ConsistencyStats
 from .heads import HeadStats
 from .moments import MomentStats
 from .rules import OutlierThresholds
+from .tokens import CLASSES as TOKEN_CLASSES
 from .weights import WeightOutlierStats
 
 PROBE_SENTENCE = "Summer is warm. Winter is cold."
@@ -56,6 +57,7 @@ class OutlierRecord:
     token: str
     dim: int
     value: float
+    token_class: str  # initial / delimiter / weak_semantic / other (sysout.outliers.tokens)
 
     COLUMNS: ClassVar[tuple[str, ...]] = (
         "kind",
@@ -67,6 +69,7 @@ class OutlierRecord:
         "token",
         "dim",
         "value",
+        "token_class",
     )
 
     def row(self) -> list[Any]:
@@ -239,6 +242,15 @@ class ProbeReport:
                 sum(n.output.count for lay in layers for n in lay.norms.values())
             ),
         }
+        # Which tokens carry the residual-stream outliers (An et al.'s classes), counted over
+        # the distinct (sample, position) of the reported records of the probe windows.
+        tokens = {
+            (r.sample, r.position): r.token_class
+            for r in self.outliers
+            if r.source == "val" and r.kind == "block_output"
+        }
+        for cls in TOKEN_CLASSES:
+            out[f"outlier_tokens_{cls}"] = float(sum(c == cls for c in tokens.values()))
         if self.sentence is not None:
             out["sentence_max_top1"] = max(a.top1 for a in self.sentence.activation)
         return out
