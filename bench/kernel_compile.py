@@ -8,7 +8,7 @@ kernel of the sysout family (each variant's switches: forward, backward, key-mas
 compiled in each autotune config kept for bf16 at d = 64 and 128, beside the Triton tutorial's
 forward and backward (``bench/tutorial_attention.py``) compiled the same way.
 
-    python bench/kernel_compile.py                  # writes benchmarks/results/kernel_compile-sm90.json
+    python bench/kernel_compile.py     # writes benchmarks/results/kernel_compile-sm90.json
     python bench/kernel_compile.py --head-dims 64 --only fwd --jobs 2
 """
 
@@ -250,17 +250,19 @@ def summarise(results: list[dict]) -> dict:
         if (r["family"], r["kernel"], r["variant"]) != ("sysout", "fwd", "softmax"):
             continue
         t = tut.get(key(r))
-        if t is None or len(r["loops"]) < 2 or len(t["loops"]) < 2:
+        if t is None or len(r["loops"]) != len(t["loops"]):
             continue
-        ours = [x["instructions"] for x in r["loops"][:2]]
-        theirs = [x["instructions"] for x in t["loops"][:2]]
-        fwd_vs_tutorial.append(
-            {"head_dim": r["head_dim"], "config": r["config"],
-             "ours_unmasked": ours[0], "tutorial_unmasked": theirs[0],
-             "ours_diagonal": ours[1], "tutorial_diagonal": theirs[1],
-             "ratio_unmasked": round(ours[0] / theirs[0], 3),
-             "ratio_diagonal": round(ours[1] / theirs[1], 3)}
-        )  # fmt: skip
+        # Two loops: keys left of the diagonal (unmasked), then the diagonal block. When
+        # BLOCK_M == BLOCK_N the diagonal is one step and the compiler unrolls it: one loop.
+        names = ["unmasked", "diagonal"] if len(r["loops"]) == 2 else ["unmasked"]
+        entry = {"head_dim": r["head_dim"], "config": r["config"]}
+        for name, ours, theirs in zip(names, r["loops"], t["loops"]):
+            entry[name] = {
+                "ours": ours["instructions"],
+                "tutorial": theirs["instructions"],
+                "ratio": round(ours["instructions"] / theirs["instructions"], 3),
+            }
+        fwd_vs_tutorial.append(entry)
     dots = {}
     for r in ok:
         if r["kernel"] in ("bwd", "bwd_kv", "bwd_q"):

@@ -14,13 +14,36 @@ A variant that the fused Triton kernel can run also returns its kernel switches 
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 IMPLEMENTATIONS = ("auto", "reference", "triton")
+SELF_CHECK_MODES = ("auto", "on", "off")
+_log = logging.getLogger(__name__)
+
+# Verdicts of the kernel self-check, one per (variant and options, dtype, head dim, device).
+_VERDICTS: dict[tuple, bool] = {}
+_SELF_CHECK: list[str] = [os.environ.get("SYSOUT_KERNEL_SELF_CHECK", "auto")]
+# max |kernel - reference| / max(1, max |reference|) allowed per tensor, by kernel dtype
+_SELF_CHECK_TOL = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def set_kernel_self_check(mode: str) -> None:
+    """When the fused kernel is compared with the reference before it is trusted: ``"auto"``
+    (default; the first use of each case on a CUDA device), ``"on"`` (every device the kernel
+    runs on, the CPU interpreter included) or ``"off"``. The environment variable
+    ``SYSOUT_KERNEL_SELF_CHECK`` sets the initial mode. Clears earlier verdicts."""
+    if mode not in SELF_CHECK_MODES:
+        raise ValueError(f"kernel self-check mode {mode!r} is not one of {SELF_CHECK_MODES}")
+    _SELF_CHECK[0] = mode
+    _VERDICTS.clear()
+
 
 _REGISTRY: dict[str, type[AttentionVariant]] = {}
 
@@ -102,13 +125,99 @@ class AttentionVariant(nn.Module):
 
     # --- dispatch ----------------------------------------------------------------------------
     def resolved_impl(self, q: Tensor) -> str:
-        if self.impl != "auto":
-            return self.impl
-        # sysout.kernels imports triton only when a kernel runs: this works without triton.
-        from sysout.kernels import SUPPORTED_HEAD_DIMS, triton_available
+        """``"triton"`` or ``"reference"`` for inputs like q. ``auto`` takes the kernel on CUDA
+        when triton is installed; a kernel that fails its self-check is replaced by the
+        reference (with a warning) under ``auto`` and ``triton`` alike."""
+        if self.impl == "reference":
+            return "reference"
+        if self.impl == "auto":
+            # sysout.kernels imports triton only when a kernel runs: this works without triton.
+            from sysout.kernels import SUPPORTED_HEAD_DIMS, triton_available
 
-        fusable = q.is_cuda and self.fused and self.head_dim in SUPPORTED_HEAD_DIMS
-        return "triton" if fusable and triton_available() else "reference"
+            fusable = q.is_cuda and self.fused and self.head_dim in SUPPORTED_HEAD_DIMS
+            if not (fusable and triton_available()):
+                return "reference"
+        return "triton" if self._kernel_trusted(q) else "reference"
+
+    # --- trust, but verify ---------------------------------------------------------------------
+    def _self_check_key(self, q: Tensor) -> tuple:
+        options = self.extra_repr().replace(f"impl={self.impl}", "")
+        return (self.name, options, q.dtype, self.head_dim, q.device.type, q.device.index)
+
+    def _kernel_trusted(self, q: Tensor) -> bool:
+        """Compare the kernel with the reference the first time this case runs (see
+        :func:`set_kernel_self_check`); remember the verdict for the process."""
+        mode = _SELF_CHECK[0]
+        if mode == "off" or (mode == "auto" and not q.is_cuda) or not self.fused:
+            return True
+        key = self._self_check_key(q)
+        if key not in _VERDICTS:
+            if torch.compiler.is_compiling():
+                return True  # cannot run a check while tracing; eager runs check first
+            from sysout.kernels import kernel_supported
+
+            if not kernel_supported(q):
+                return True  # nothing to check: fused_forward explains what is missing
+            _VERDICTS[key] = self._self_check(q)
+        return _VERDICTS[key]
+
+    def _self_check(self, q: Tensor) -> bool:
+        """Kernel vs reference on a small random problem: output and gradients wrt q, k, v, x
+        and the variant's parameters, within the tolerance of q's dtype. False (after one
+        warning) on a mismatch or an error."""
+        dtype, device = q.dtype, q.device
+        # An odd length past one block on a GPU; short in the (slow) interpreter.
+        B, T = 2, (150 if q.is_cuda else 37)
+        gen = torch.Generator().manual_seed(20240613)  # leaves the global RNG untouched
+        rand = lambda *shape: torch.randn(*shape, generator=gen).to(device)
+        qkv = [rand(B, self.n_head, T, self.head_dim).to(dtype) for _ in range(3)]
+        x = rand(B, T, self.n_embd)
+        dy = rand(B, self.n_head, T, self.head_dim).to(dtype)
+        params = [p for p in self.parameters() if p.requires_grad]
+        results = []
+        try:
+            with torch.autocast(device.type, enabled=False), torch.enable_grad():
+                for fused in (True, False):
+                    # the reference runs in float32 on the same (rounded) inputs
+                    leaves = [t.clone() if fused else t.float() for t in qkv]
+                    leaves = [t.requires_grad_(True) for t in leaves] + [
+                        x.clone().requires_grad_(True)
+                    ]
+                    run = self.fused_forward if fused else self.reference
+                    out = run(*leaves)
+                    grads = torch.autograd.grad(
+                        out, leaves + params, dy.to(out.dtype), allow_unused=True
+                    )
+                    results.append([out, *grads])
+        except Exception as err:  # a compile error, an unsupported case, a launch failure
+            self._distrust(q, f"{type(err).__name__}: {str(err).strip()[:300]}")
+            return False
+        names = ["output", "dq", "dk", "dv", "dx"] + [f"d{n}" for n, p in self.named_parameters()
+                                                       if p.requires_grad]  # fmt: skip
+        tol = _SELF_CHECK_TOL.get(dtype, 6e-2)
+        for name, got, want in zip(names, *results):
+            if got is None or want is None:
+                if (got is None) != (want is None):
+                    self._distrust(q, f"{name}: gradient missing on one side")
+                    return False
+                continue
+            want = want.double()
+            err = (got.double() - want).abs().max().item()
+            scale = max(1.0, want.abs().max().item())
+            if not err <= tol * scale:  # also catches NaN
+                self._distrust(q, f"{name}: max abs error {err:.3g} > {tol * scale:.3g}")
+                return False
+        return True
+
+    def _distrust(self, q: Tensor, why: str) -> None:
+        message = (
+            f"sysout: the fused Triton kernel for attention variant {self.name!r} "
+            f"({q.dtype}, head dim {self.head_dim}, {q.device}) disagrees with the reference "
+            f"({why}); using the PyTorch reference for this case from now on. Set "
+            "SYSOUT_KERNEL_SELF_CHECK=off (or set_kernel_self_check('off')) to skip this check."
+        )
+        _log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         if self.resolved_impl(q) == "reference":

@@ -44,8 +44,20 @@ LN2_HALF = tl.constexpr(0.34657359027997264)
 # loops and the diagonal sub-block logic with short sequences.
 
 
-def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+# Every GPU config below compiles for sm_90 in bf16 without spilling registers, at the head dims
+# it is kept for and in every MODE it is not skipped for: `python bench/kernel_compile.py`
+# checks (benchmarks/results/kernel_compile-sm90.json). `dims` are the head dims a config is
+# autotuned at (smaller ones use the d = 64 list); `skip` the MODEs where it spills.
+_D64 = (16, 32, 64)
+_ALL = (16, 32, 64, 128)
+
+
+def _cfg(
+    bm: int, bn: int, warps: int, stages: int, dims: tuple = _ALL, skip: tuple = ()
+) -> triton.Config:
+    c = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+    c.sysout_dims, c.sysout_skip = dims, skip
+    return c
 
 
 def fwd_configs() -> list[triton.Config]:
@@ -56,12 +68,11 @@ def fwd_configs() -> list[triton.Config]:
     if interpreting():
         return [_cfg(32, 16, 4, 1)]
     return [
-        _cfg(128, 64, 4, 3),
+        _cfg(128, 64, 4, 3, _D64),
         _cfg(128, 64, 8, 3),
-        _cfg(128, 64, 4, 4),
-        _cfg(128, 128, 8, 3),
-        _cfg(128, 128, 8, 2),
-        _cfg(128, 32, 4, 4),
+        _cfg(128, 128, 8, 3, _D64),
+        _cfg(128, 128, 8, 2, _D64),
+        _cfg(128, 32, 4, 4, _D64),
         _cfg(64, 64, 4, 3),
         _cfg(64, 32, 4, 4),
     ]
@@ -71,17 +82,21 @@ def bwd_configs() -> list[triton.Config]:
     """Backward (dK, dV, atomic dQ): BLOCK_N keys per program, BLOCK_M queries per step.
 
     BLOCK_N must be a multiple of BLOCK_M. dK and dV stay in registers ([BLOCK_N, d] fp32 each)
-    beside two [BLOCK_N, BLOCK_M] fp32 tiles and a dQ tile: 128-key blocks need 8 warps.
+    beside two [BLOCK_N, BLOCK_M] fp32 tiles and a dQ tile. BLOCK_M >= 64 keeps the dQ matmul
+    on wgmma (32 falls back to mma.sync); at d = 128 only thinner tiles fit.
     """
     if interpreting():
         return [_cfg(16, 32, 4, 1)]
+    clip = (MODE_CLIP.value,)
     return [
-        _cfg(64, 128, 8, 2),
-        _cfg(64, 128, 8, 3),
-        _cfg(32, 128, 8, 3),
-        _cfg(64, 64, 4, 3),
-        _cfg(64, 64, 4, 2),
-        _cfg(32, 64, 4, 3),
+        _cfg(64, 128, 8, 3, _D64, skip=clip),
+        _cfg(32, 128, 8, 3, _D64),
+        _cfg(64, 64, 4, 3, _D64),
+        _cfg(32, 64, 4, 3, _D64),
+        _cfg(64, 64, 8, 3, (128,), skip=clip),
+        _cfg(32, 128, 8, 3, (128,), skip=clip),
+        _cfg(32, 64, 8, 3, (128,)),
+        _cfg(16, 64, 4, 3, (128,)),
     ]
 
 
@@ -114,22 +129,24 @@ PRE_BLOCK_M = 32  # rows per program of the row-wise preprocess (memory bound; k
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Skip configs that cannot win, to keep the first (autotuning) call short.
+    """The configs kept for this head dim and MODE (see ``_cfg``).
 
-    fp32 inputs run their dots on CUDA cores (``input_precision="ieee"``): large tiles only spill.
-    Head dim 128 doubles the accumulators: large tiles need 8 warps to stay in registers.
+    fp32 inputs run their dots on CUDA cores (``input_precision="ieee"``): large tiles only
+    spill, so they keep tiles of at most 64.
     """
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64))
+    mode = kwargs.get("MODE", named_args.get("MODE", 0))
+    mode = getattr(mode, "value", mode)
     q = named_args.get("Q")
     fp32 = q is not None and "float32" in str(q.dtype)
 
     def keep(c: triton.Config) -> bool:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if fp32:
-            return max(bm, bn) <= 64
-        if head_dim >= 128:
-            return c.num_warps == 8 or max(bm, bn) <= 64
-        return True
+        dims = getattr(c, "sysout_dims", _ALL)
+        if head_dim not in dims and not (head_dim < 64 and 64 in dims):
+            return False
+        if mode in getattr(c, "sysout_skip", ()):
+            return False
+        return not fp32 or max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64
 
     return [c for c in configs if keep(c)] or configs
 

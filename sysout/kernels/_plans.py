@@ -45,17 +45,19 @@ _PRE_DEFAULT = {"MODE": 0, "EXTRA": 0, "SCALE": 0, "SAVED_RAW": False, "SCALE_GR
 _BWD = {"softmax": {"MODE": 0}, "sigmoid": {"MODE": 1}, "clip": {"MODE": 2}}
 
 
-def _kept(configs, head_dim: int):
+def _kept(configs, head_dim: int, mode: int):
     bf16 = SimpleNamespace(dtype="torch.bfloat16")
-    return _prune(configs, {"Q": bf16, "HEAD_DIM": head_dim})
+    return _prune(configs, {"Q": bf16, "HEAD_DIM": head_dim, "MODE": mode})
 
 
 def _entries(kernel, fn, switches, default, configs, head_dim, prec=True):
     for variant, sw in switches.items():
-        for cfg in configs:
+        mode = {**default, **sw}.get("MODE", 0)
+        for cfg in configs if isinstance(configs, list) else _kept(configs(), head_dim, mode):
             consts = {**default, **sw, "HEAD_DIM": head_dim, **cfg.kwargs}
             if prec:
                 consts["DOT_PREC"] = "tf32"
+            consts = {k: v for k, v in consts.items() if k in fn.arg_names}
             yield {
                 "family": "sysout",
                 "kernel": kernel,
@@ -71,17 +73,14 @@ def _entries(kernel, fn, switches, default, configs, head_dim, prec=True):
 
 def sysout_cases(head_dim: int) -> list[dict]:
     """Keyword arguments of ``bench/kernel_compile.Case`` for every specialisation at head_dim."""
-    fwd = _kept(fwd_configs(), head_dim)
     pre = [SimpleNamespace(kwargs={"BLOCK_M": PRE_BLOCK_M}, num_warps=4, num_stages=3)]
     bwd_sw = {k: {**v, "FAST_SIGMOID": True} for k, v in _BWD.items()}
     out = []
-    out += _entries("fwd", attn_fwd_kernel.fn, _FWD, _FWD_DEFAULT, fwd, head_dim)
+    out += _entries("fwd", attn_fwd_kernel.fn, _FWD, _FWD_DEFAULT, fwd_configs, head_dim)
     out += _entries("bwd_pre", attn_bwd_preprocess_kernel, _PRE, _PRE_DEFAULT, pre, head_dim,
                     prec=False)  # fmt: skip
-    bwd = _kept(bwd_configs(), head_dim)
-    out += _entries("bwd", attn_bwd_kernel.fn, bwd_sw, {}, bwd, head_dim)
-    mass = _kept(mass_configs(), head_dim)
-    out += _entries("key_mass", attn_key_mass_kernel.fn, bwd_sw, {}, mass, head_dim)
-    delta = _kept(delta_configs(), head_dim)
-    out += _entries("clip_delta", attn_clip_delta_kernel.fn, {"clip": {}}, {}, delta, head_dim)
+    out += _entries("bwd", attn_bwd_kernel.fn, bwd_sw, {}, bwd_configs, head_dim)
+    out += _entries("key_mass", attn_key_mass_kernel.fn, bwd_sw, {}, mass_configs, head_dim)
+    clip = {"clip": {"MODE": 2}}  # (the delta kernel has no MODE: it is the clip's own pass)
+    out += _entries("clip_delta", attn_clip_delta_kernel.fn, clip, {}, delta_configs, head_dim)
     return out
