@@ -1,11 +1,12 @@
 """Benchmark the fused attention kernels against PyTorch SDPA, FlexAttention and plain PyTorch.
 
-For every attention variant (softmax, value_bias, context_bias, kv_bias, ca_scaling, sigmoid,
-sink_logit, softmax1, gated, clipped_softmax) and sequence length, times forward, backward and
-forward+backward of each implementation that can express the variant, and reports TFLOP/s with
-the SPEC section 6 convention (causal forward = 4 B H T^2 d / 2; backward 2.5x, both 3.5x) and the
-peak memory of each entry. Before timing, each implementation is checked once against the plain
-PyTorch reference at batch 1 (max abs error of the output and of the q/k/v gradients).
+For every registered attention variant (``sysout.attention.variant_names()``, each built with
+``build_variant`` and run with its own ``kernel_arguments``) and sequence length, times forward,
+backward and forward+backward of each implementation that can express the variant, and reports
+TFLOP/s with the SPEC section 6 convention (causal forward = 4 B H T^2 d / 2; backward 2.5x, both
+3.5x) and the peak memory of each entry. Before timing, each implementation is checked once
+against the variant's PyTorch reference in float32 at batch 1 (max abs error of the output and
+gradients).
 
     python bench/attention.py                       # GPT-2 shapes on the current GPU
     python bench/attention.py --variants softmax sink_logit --seq-lens 1024
@@ -32,201 +33,68 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
 
-from sysout.kernels import fused_attention  # noqa: E402
+from sysout.attention import AttentionVariant, build_variant, variant_names  # noqa: E402
 
 Tensor = torch.Tensor
-Params = dict[str, Tensor]
-
-VARIANTS = [
-    "softmax",
-    "value_bias",
-    "context_bias",
-    "kv_bias",
-    "ca_scaling",
-    "sigmoid",
-    "sink_logit",
-    "softmax1",
-    "gated",
-    "clipped_softmax",
-]
-CLIP_ALPHA = 4.0  # clipped softmax: zeta = 1, gamma = -alpha / T
+Impl = Callable[[AttentionVariant, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 # ------------------------------------------------------------------------------------------
-# Variant parameters (the learned tensors attention sees; projections stay outside)
+# Variants come from the registry: their parameters, kernel switches and references
 # ------------------------------------------------------------------------------------------
-def make_params(name: str, B: int, H: int, T: int, D: int, device, dtype) -> Params:
-    def p(*shape, fn=lambda x: x * 0.5):
-        return fn(torch.randn(*shape, device=device, dtype=torch.float32)).to(dtype)
-
-    gate = lambda x: torch.sigmoid(x)
-    params: Params = {
-        "value_bias": lambda: {"ev": p(H, D)},
-        "context_bias": lambda: {"ek": p(H, D), "ev": p(H, D)},
-        "kv_bias": lambda: {"ek": p(H, D), "ev": p(H, D)},
-        "ca_scaling": lambda: {"scale": p(B, H, T, fn=lambda x: 2 * gate(x))},
-        "sink_logit": lambda: {"sink": p(H)},
-        "softmax1": lambda: {},
-        "gated": lambda: {"scale": p(B, H, T, D, fn=gate)},
-    }.get(name, dict)()
-    for t in params.values():
-        t.requires_grad_(True)
-    return params
+def make_variant(name: str, H: int, D: int, device) -> AttentionVariant:
+    """The registered variant with non-trivial learned parameters (N(0, 0.5))."""
+    variant = build_variant(name, H, H * D, impl="triton").to(device)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in variant.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return variant
 
 
-# ------------------------------------------------------------------------------------------
-# Fused (this repository's Triton kernels)
-# ------------------------------------------------------------------------------------------
-def fused(name: str, q: Tensor, k: Tensor, v: Tensor, P: Params) -> Tensor:
-    T = q.shape[2]
-    if name == "value_bias":  # o = softmax(s) v + v': the bias is outside the kernel
-        return fused_attention(q, k, v) + P["ev"][None, :, None, :]
-    kwargs = {
-        "softmax": {},
-        "context_bias": {
-            "extra_key": P.get("ek"),
-            "extra_value": P.get("ev"),
-            "extra_slot": "context",
-        },
-        "kv_bias": {"extra_key": P.get("ek"), "extra_value": P.get("ev"), "extra_slot": "kv"},
-        "ca_scaling": {"out_scale": P.get("scale")},
-        "gated": {"out_scale": P.get("scale")},
-        "sigmoid": {"mode": "sigmoid"},
-        "sink_logit": {"sink_logit": P.get("sink")},
-        "softmax1": {"sink_logit": torch.zeros(q.shape[1], device=q.device, dtype=q.dtype)},
-        "clipped_softmax": {"clip": (1.0, -CLIP_ALPHA / T)},
-    }[name]
-    return fused_attention(q, k, v, **kwargs)
+def fused(variant: AttentionVariant, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+    """This repository's Triton kernels, with the variant's own switches and epilogue."""
+    return variant.fused_forward(q, k, v, x)
 
 
-# ------------------------------------------------------------------------------------------
-# Plain PyTorch references (materialise T x T; softmax in fp32 as autocast would)
-# ------------------------------------------------------------------------------------------
-def _scores(q: Tensor, k: Tensor) -> Tensor:
-    T, D = q.shape[2], q.shape[3]
-    s = (q @ k.transpose(-1, -2)).float() / math.sqrt(D)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    return s.masked_fill(~causal, float("-inf"))
+def reference(variant: AttentionVariant, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+    """The variant's PyTorch reference (what attention.impl=reference runs)."""
+    return variant.reference(q, k, v, x)
 
 
-def _extra_logit(q: Tensor, ek: Tensor) -> Tensor:
-    return torch.einsum("bhtd,hd->bht", q.float(), ek.float())[..., None] / math.sqrt(q.shape[3])
-
-
-def _softmax_v(s: Tensor, v: Tensor) -> Tensor:
-    return torch.softmax(s, dim=-1).to(v.dtype) @ v
-
-
-def _with_front_column(s: Tensor, col: Tensor) -> Tensor:
-    return torch.softmax(torch.cat([col, s], dim=-1), dim=-1)
-
-
-def ref_softmax(q, k, v, P):
-    return _softmax_v(_scores(q, k), v)
-
-
-def ref_value_bias(q, k, v, P):
-    return _softmax_v(_scores(q, k), v) + P["ev"][None, :, None, :]
-
-
-def ref_context_bias(q, k, v, P):
-    s, e = _scores(q, k), _extra_logit(q, P["ek"])
-    p0 = _with_front_column(s, e)[..., :1]
-    return _softmax_v(s, v) + (p0 * P["ev"].float()[None, :, None, :]).to(v.dtype)
-
-
-def ref_kv_bias(q, k, v, P):
-    s, e = _scores(q, k), _extra_logit(q, P["ek"])
-    w = _with_front_column(s, e).to(v.dtype)
-    return w[..., 1:] @ v + w[..., :1] * P["ev"][None, :, None, :]
-
-
-def ref_ca_scaling(q, k, v, P):
-    return P["scale"][..., None] * _softmax_v(_scores(q, k), v)
-
-
-def ref_gated(q, k, v, P):
-    return P["scale"] * _softmax_v(_scores(q, k), v)
-
-
-def ref_sigmoid(q, k, v, P):
-    T = q.shape[2]
-    return torch.sigmoid(_scores(q, k) - math.log(T)).to(v.dtype) @ v  # exp(-inf) -> 0
-
-
-def ref_sink_logit(q, k, v, P):
-    s = _scores(q, k)
-    z = P["sink"].float()[None, :, None, None].expand(*s.shape[:3], 1)
-    return _with_front_column(s, z)[..., 1:].to(v.dtype) @ v
-
-
-def ref_softmax1(q, k, v, P):
-    return ref_sink_logit(q, k, v, {"sink": torch.zeros(q.shape[1], device=q.device)})
-
-
-def ref_clipped_softmax(q, k, v, P):
-    T = q.shape[2]
-    zeta, gamma = 1.0, -CLIP_ALPHA / T
-    s = _scores(q, k)
-    p = torch.clamp((zeta - gamma) * torch.softmax(s, dim=-1) + gamma, 0, 1)
-    return p.masked_fill(s == float("-inf"), 0).to(v.dtype) @ v
-
-
-REFERENCES: dict[str, Callable] = {
-    "softmax": ref_softmax,
-    "value_bias": ref_value_bias,
-    "context_bias": ref_context_bias,
-    "kv_bias": ref_kv_bias,
-    "ca_scaling": ref_ca_scaling,
-    "sigmoid": ref_sigmoid,
-    "sink_logit": ref_sink_logit,
-    "softmax1": ref_softmax1,
-    "gated": ref_gated,
-    "clipped_softmax": ref_clipped_softmax,
-}
+def _scaled(o: Tensor, scale: Tensor | None) -> Tensor:
+    if scale is None:
+        return o
+    return o * (scale[..., None] if scale.dim() == 3 else scale).to(o.dtype)
 
 
 # ------------------------------------------------------------------------------------------
 # SDPA (per backend) and FlexAttention, for the variants they can express
 # ------------------------------------------------------------------------------------------
-SDPA_VARIANTS = {"softmax", "value_bias", "ca_scaling", "gated"}  # SDPA + an elementwise op
+def sdpa_expresses(args: dict) -> bool:
+    """SDPA plus an elementwise epilogue: a plain softmax with at most an output scale."""
+    return set(args) <= {"out_scale"}
 
 
-def _epilogue(name: str, o: Tensor, P: Params) -> Tensor:
-    if name == "value_bias":
-        return o + P["ev"][None, :, None, :]
-    if name == "ca_scaling":
-        return P["scale"][..., None] * o
-    if name == "gated":
-        return P["scale"] * o
-    return o
-
-
-def sdpa_impl(backend) -> Callable:
-    def run(name, q, k, v, P):
+def sdpa_impl(backend) -> Impl:
+    def run(variant, q, k, v, x):
+        args = variant.kernel_arguments(x)
         if backend is None:  # smoke mode: whatever SDPA picks
-            return _epilogue(name, F.scaled_dot_product_attention(q, k, v, is_causal=True), P)
-        from torch.nn.attention import sdpa_kernel
-
-        with sdpa_kernel([backend]):
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return _epilogue(name, o, P)
+        else:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel([backend]):
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return variant.finish_output(_scaled(o, args.get("out_scale")), x)
 
     return run
 
 
-FLEX_VARIANTS = {
-    "softmax",
-    "value_bias",
-    "ca_scaling",
-    "gated",
-    "kv_bias",
-    "context_bias",
-    "sink_logit",
-    "softmax1",
-}
+def flex_expresses(args: dict) -> bool:
+    """Flex: the kv slot as an extra key, sinks and the context slot through its LSE."""
+    return set(args) <= {"out_scale", "sink_logit", "extra_key", "extra_value", "extra_slot"}
 
 
 class Flex:
@@ -258,21 +126,26 @@ class Flex:
             return o, aux.lse
         return self.flex(q, k, v, block_mask=mask, return_lse=True)
 
-    def __call__(self, name, q, k, v, P):
+    def __call__(self, variant, q, k, v, x):
         B, H, T, D = q.shape
-        if name == "kv_bias":
-            k2 = torch.cat([P["ek"][None, :, None, :].expand(B, H, 1, D).to(k.dtype), k], dim=2)
-            v2 = torch.cat([P["ev"][None, :, None, :].expand(B, H, 1, D).to(v.dtype), v], dim=2)
-            return self.flex(q, k2, v2, block_mask=self._mask(T, True, q.device))
-        mask = self._mask(T, False, q.device)
-        if name in ("sink_logit", "softmax1", "context_bias"):
-            o, lse = self._with_lse(q, k, v, mask)  # lse: natural log over the real keys
-            if name == "context_bias":
-                p0 = torch.sigmoid(_extra_logit(q, P["ek"])[..., 0] - lse)
-                return o + (p0[..., None] * P["ev"].float()[None, :, None, :]).to(o.dtype)
-            z = P["sink"].float() if name == "sink_logit" else torch.zeros(H, device=q.device)
-            return o * torch.sigmoid(lse - z[None, :, None])[..., None].to(o.dtype)
-        return _epilogue(name, self.flex(q, k, v, block_mask=mask), P)
+        args = variant.kernel_arguments(x)
+        scale = args.get("out_scale")
+        ek, ev, sink = args.get("extra_key"), args.get("extra_value"), args.get("sink_logit")
+        if ek is not None and args.get("extra_slot", "kv") == "kv":
+            k2 = torch.cat([ek[None, :, None, :].expand(B, H, 1, D).to(k.dtype), k], dim=2)
+            v2 = torch.cat([ev[None, :, None, :].expand(B, H, 1, D).to(v.dtype), v], dim=2)
+            o = self.flex(q, k2, v2, block_mask=self._mask(T, True, q.device))
+        elif ek is not None or sink is not None:
+            o, lse = self._with_lse(q, k, v, self._mask(T, False, q.device))  # natural log
+            if ek is not None:  # context slot: + sigmoid(e - LSE) v'
+                e = torch.einsum("bhtd,hd->bht", q.float(), ek.float()) / math.sqrt(D)
+                p0 = torch.sigmoid(e - lse)
+                o = o + (p0[..., None] * ev.float()[None, :, None, :]).to(o.dtype)
+            else:  # a sink z: renormalise by sum / (sum + e^z)
+                o = o * torch.sigmoid(lse - sink.float()[None, :, None])[..., None].to(o.dtype)
+        else:
+            o = self.flex(q, k, v, block_mask=self._mask(T, False, q.device))
+        return variant.finish_output(_scaled(o, scale), x)
 
 
 # ------------------------------------------------------------------------------------------
@@ -299,6 +172,8 @@ def timer(args) -> Callable[[Callable, list[Tensor]], float]:
             return (time.perf_counter() - t0) * 1e3 / args.rep_smoke
 
         return cpu_time
+    import triton.testing
+
     return lambda fn, grads: triton.testing.do_bench(
         fn, warmup=args.warmup, rep=args.rep, grad_to_none=grads
     )
@@ -323,23 +198,26 @@ def make_inputs(B, H, T, D, device, dtype):
     return qkv, q, k, v
 
 
-def check(name: str, impl: Callable, H, T, D, device, dtype) -> dict:
-    """Max abs error of output and input gradients against the plain reference, batch 1."""
+def check(variant: AttentionVariant, impl: Impl, T: int, device, dtype) -> dict:
+    """Max abs error of output and q/k/v/x and parameter gradients against the variant's
+    reference run in float32 on the same inputs, batch 1."""
+    H, D = variant.n_head, variant.head_dim
     torch.manual_seed(0)
     qkv, q, k, v = make_inputs(1, H, T, D, device, dtype)
-    P = make_params(name, 1, H, T, D, device, dtype)
-    leaves = [qkv, *P.values()]
-    o = impl(name, q, k, v, P)
+    x = torch.randn(1, T, H * D, device=device, requires_grad=True)
+    leaves = [qkv, x, *variant.parameters()]
+    o = impl(variant, q, k, v, x)
     dy = torch.randn_like(o)
     grads = torch.autograd.grad(o, leaves, dy, allow_unused=True)
-    ro = REFERENCES[name](q, k, v, P)
-    ref_grads = torch.autograd.grad(ro, leaves, dy, allow_unused=True)
+    qkv32 = qkv.detach().float().requires_grad_(True)
+    q32, k32, v32 = (qkv32[:, :, i].transpose(1, 2) for i in range(3))
+    ro = variant.reference(q32, k32, v32, x)
+    ref_grads = torch.autograd.grad(ro, [qkv32, *leaves[1:]], dy.float(), allow_unused=True)
     err = lambda a, b: (a.float() - b.float()).abs().max().item()
+    pairs = [(g, r) for g, r in zip(grads, ref_grads) if g is not None and r is not None]
     return {
         "max_err_out": err(o, ro),
-        "max_err_grad": max(
-            err(g, r) for g, r in zip(grads, ref_grads) if g is not None and r is not None
-        ),
+        "max_err_grad": max((err(g, r) for g, r in pairs), default=float("nan")),
     }
 
 
@@ -348,13 +226,15 @@ def bench_entry(args, name, impl_name, impl, B, H, T, D, device, dtype) -> dict:
     measure = timer(args)
     flops = causal_fwd_flops(B, H, T, D)
     try:
+        variant = make_variant(name, H, D, device)
         if args.check:
-            entry.update(check(name, impl, H, T, D, device, dtype))
+            entry.update(check(variant, impl, T, device, dtype))
         qkv, q, k, v = make_inputs(B, H, T, D, device, dtype)
-        P = make_params(name, B, H, T, D, device, dtype)
-        leaves = [qkv, *P.values()]
+        # x is the block input: variants that scale or gate compute their factor from it
+        x = torch.randn(B, T, H * D, device=device, dtype=dtype, requires_grad=True)
+        leaves = [qkv, x, *variant.parameters()]
         dy = torch.randn(B, H, T, D, device=device, dtype=dtype)
-        fwd = lambda: impl(name, q, k, v, P)
+        fwd = lambda: impl(variant, q, k, v, x)
         for mode in args.modes:
             if mode == "fwd":
                 run = lambda: fwd()
@@ -380,9 +260,11 @@ def bench_entry(args, name, impl_name, impl, B, H, T, D, device, dtype) -> dict:
     return entry
 
 
-def implementations(args, name: str, flex: Flex | None) -> list[tuple[str, Callable]]:
-    impls: list[tuple[str, Callable]] = [("triton", lambda n, q, k, v, P: fused(n, q, k, v, P))]
-    if not args.no_sdpa and name in SDPA_VARIANTS:
+def implementations(args, name: str, flex: Flex | None, device) -> list[tuple[str, Impl]]:
+    impls: list[tuple[str, Impl]] = [("triton", fused)]
+    probe = make_variant(name, 1, 16, device)
+    kernel_args = probe.kernel_arguments(torch.zeros(1, 1, 16, device=device))
+    if not args.no_sdpa and sdpa_expresses(kernel_args):
         if args.smoke:
             impls.append(("sdpa", sdpa_impl(None)))
         else:
@@ -394,10 +276,10 @@ def implementations(args, name: str, flex: Flex | None) -> list[tuple[str, Calla
                 ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
             ):
                 impls.append((label, sdpa_impl(backend)))
-    if flex is not None and name in FLEX_VARIANTS:
+    if flex is not None and flex_expresses(kernel_args):
         impls.append(("flex", flex))
     if not args.no_reference:
-        impls.append(("torch", lambda n, q, k, v, P: REFERENCES[n](q, k, v, P)))
+        impls.append(("reference", reference))
     return impls
 
 
@@ -423,6 +305,14 @@ def print_table(results: list[dict], modes: list[str]) -> None:
         print(line)
 
 
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
 def device_slug(device) -> str:
     if device.type != "cuda":
         return "cpu-smoke"
@@ -431,7 +321,8 @@ def device_slug(device) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    names = variant_names()
+    ap.add_argument("--variants", nargs="+", default=names, choices=names)
     ap.add_argument("--seq-lens", nargs="+", type=int, default=[1024, 2048])
     ap.add_argument("--tokens", type=int, default=65536, help="batch = tokens // T")
     ap.add_argument("--heads", type=int, default=12)
@@ -485,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     for T in args.seq_lens:
         B = max(1, args.tokens // T)
         for name in args.variants:
-            for impl_name, impl in implementations(args, name, flex):
+            for impl_name, impl in implementations(args, name, flex, device):
                 entry = bench_entry(
                     args, name, impl_name, impl, B, args.heads, T, args.head_dim, device, dtype
                 )
@@ -498,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": _triton_version(),
         "python": platform.python_version(),
         "dtype": args.dtype,
         "flops_convention": "causal fwd = 4 B H T^2 d / 2; bwd 2.5x; fwd+bwd 3.5x",
