@@ -1,9 +1,10 @@
 """Forward kernel: FlashAttention-2 style causal attention with the sysout switches.
 
 One program owns BLOCK_M query rows of one (batch, head) and walks the keys in BLOCK_N steps,
-first the blocks strictly left of the diagonal (no mask needed), then the diagonal block (causal
-and sequence-end masks). Scores live in base 2: ``s2 = q.k * sm_scale * log2(e)``, so every
-exponential is an ``exp2`` and the stored LSE is ``log2(sum 2^s2)``.
+first the blocks strictly left of the diagonal (no mask; the scale folded into one FMA per
+score), then the diagonal block (causal mask only: rows past T are never stored). Scores live
+in base 2: ``s2 = q.k * sm_scale * log2(e)``, so every exponential is an ``exp2`` and the stored
+LSE is ``log2(sum 2^s2)``. Programs take the query blocks from the last (longest rows) first.
 
 The same kernel runs the clipped softmax in two passes (``STATS_ONLY`` for the LSE, then
 ``MODE_CLIP`` reading that LSE back); see ``flash_attention.py`` for why.

@@ -24,17 +24,18 @@ Which variants take a second pass, and why:
   the running max/sum only, no V traffic) and stores the LSE; pass 2 recomputes QK^T, forms
   P = 2^(s2 - LSE) exactly, clamps, and accumulates P' V.
 * clipped softmax, backward: Delta_i = sum_j P_ij dP_ij (dP through the clamp) is no longer
-  rowsum(dO * O), so a row-wise pass over the keys (the dQ kernel in ``DELTA_ONLY`` mode)
-  computes it before the usual dK/dV and dQ kernels.
+  rowsum(dO * O), so a row-wise pass over the keys (``attn_clip_delta_kernel``) computes it
+  before the usual backward.
 * key mass (``return_key_mass``), any mode: the per-key sum over queries of the weights needs
   the final LSE of every query, so it is a separate pass with the dK/dV loop structure (one
   program per key block walking the queries, recomputing P from the stored LSE): linear memory,
   about half the FLOPs of a forward. Nothing T x T is ever stored.
 
 Everything else (softmax, sink, softmax1, kv and context slots, headwise and per-channel output
-scales, sigmoid) is a single forward pass. The backward is always the FlashAttention-2 trio:
-a row-wise preprocess (dO = S dY, Delta, dS, extra-slot logit gradients), a dK/dV kernel and a
-dQ kernel; see ``_backward.py`` for the formulas.
+scales, sigmoid) is a single forward pass. The backward is FlashAttention-2's: a row-wise
+preprocess (dO = S dY, Delta, dS, extra-slot logit gradients), then one kernel per key block
+that gives dK, dV and, added atomically, dQ (five matmuls per tile); see ``_backward.py`` for
+the formulas and ``_launch.py`` for the launches.
 
 Supported combinations: softmax with any of {sink, kv slot, context slot, out_scale, clip}
 except context + sink and clip + extra slot; sigmoid with out_scale only.
@@ -52,326 +53,33 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 
 import torch
-import triton
 from torch import Tensor
 
-from ._backward import attn_bwd_kernel, attn_bwd_preprocess_kernel
-from ._common import (
-    EXTRA_CONTEXT,
-    EXTRA_KV,
-    EXTRA_NONE,
-    LN2,
-    LOG2E,
-    MODE_CLIP,
-    MODE_SIGMOID,
-    MODE_SOFTMAX,
-    PRE_BLOCK_M,
-    SCALE_CHANNEL,
-    SCALE_HEAD,
-    SCALE_NONE,
-)
+from ._common import LN2
 from ._env import SUPPORTED_HEAD_DIMS, kernel_supported
-from ._forward import attn_fwd_kernel
-from ._passes import attn_clip_delta_kernel, attn_key_mass_kernel
+from ._launch import (
+    _CHANNEL,
+    _CLIP,
+    _CONTEXT,
+    _HEAD,
+    _KV,
+    _NO_EXTRA,
+    _NO_SCALE,
+    _SIGMOID,
+    _SOFTMAX,
+    _backward,
+    _empty_like_layout,
+    _forward,
+    _key_mass,
+    _lastdim_contiguous,
+    _Spec,
+)
 
 __all__ = ["fused_attention", "kernel_supported", "SUPPORTED_HEAD_DIMS"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-_SOFTMAX, _SIGMOID, _CLIP = MODE_SOFTMAX.value, MODE_SIGMOID.value, MODE_CLIP.value
-_NO_EXTRA, _KV, _CONTEXT = EXTRA_NONE.value, EXTRA_KV.value, EXTRA_CONTEXT.value
-_NO_SCALE, _HEAD, _CHANNEL = SCALE_NONE.value, SCALE_HEAD.value, SCALE_CHANNEL.value
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Everything about a call that is not a tensor."""
-
-    mode: int
-    extra: int
-    scale: int
-    has_sink: bool
-    sm_scale: float
-    clip_a: float
-    clip_g: float
-    return_mass: bool
-
-    @property
-    def qk_scale(self) -> float:  # scores in base 2: exp(x) = 2^(x log2 e)
-        return self.sm_scale * LOG2E.value
-
-
-def _lastdim_contiguous(x: Tensor) -> Tensor:
-    # The kernels take any batch/head/time strides but need unit stride along the head dim.
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _empty_like_layout(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """An empty [B, H, T, d] tensor laid out like x: token-major ([B, T, H, d] in memory, what a
-    fused qkv projection gives) stays token-major, so the caller's transpose back is free."""
-    B, H, T, D = x.shape
-    dtype = dtype or x.dtype
-    if H > 1 and T > 1 and x.stride(1) < x.stride(2):
-        return torch.empty(B, T, H, D, dtype=dtype, device=x.device).transpose(1, 2)
-    return torch.empty(B, H, T, D, dtype=dtype, device=x.device)
-
-
-def _strides3(x: Tensor | None) -> tuple[int, int, int]:
-    return (x.stride(0), x.stride(1), x.stride(2)) if x is not None else (0, 0, 0)
-
-
-def _fast_sigmoid(q: Tensor) -> bool:
-    # tanh.approx is PTX (no interpreter) and ~2^-11 accurate: enough for half inputs only.
-    return q.is_cuda and q.dtype != torch.float32
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs would otherwise go through TF32 tensor cores (10-bit mantissa).
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    sink: Tensor | None,
-    ek: Tensor | None,
-    ev: Tensor | None,
-    scale: Tensor | None,
-    spec: _Spec,
-    store_raw: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Launch the forward pass(es). Returns (Y, O or None, LSE2 or None, E2 or None)."""
-    B, H, T, D = q.shape
-    out = _empty_like_layout(q)
-    raw = _empty_like_layout(q) if store_raw else None
-    f32 = {"dtype": torch.float32, "device": q.device}
-    lse = torch.empty(B, H, T, **f32) if spec.mode != _SIGMOID else None
-    e2 = torch.empty(B, H, T, **f32) if spec.extra != _NO_EXTRA else None
-
-    def dummy(x: Tensor | None) -> Tensor:  # unused pointer arguments still need a tensor
-        return q if x is None else x
-
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)
-
-    def launch(mode: int, stats_only: bool) -> None:
-        attn_fwd_kernel[grid](
-            q,
-            k,
-            v,
-            out,
-            dummy(raw),
-            dummy(lse),
-            dummy(e2),
-            dummy(sink),
-            dummy(ek),
-            dummy(ev),
-            dummy(scale),
-            *_strides3(q),
-            *_strides3(k),
-            *_strides3(v),
-            *_strides3(out),
-            *_strides3(scale),
-            B,
-            H,
-            T,
-            spec.qk_scale,
-            math.log2(T),
-            spec.clip_a,
-            spec.clip_g,
-            HEAD_DIM=D,
-            MODE=mode,
-            HAS_SINK=spec.has_sink,
-            EXTRA=spec.extra,
-            SCALE=spec.scale,
-            STORE_RAW=store_raw,
-            STATS_ONLY=stats_only,
-            SCALE_POS=spec.sm_scale > 0,
-            FAST_SIGMOID=_fast_sigmoid(q),
-            DOT_PREC=_dot_precision(q.dtype),
-        )
-
-    if spec.mode == _CLIP:
-        launch(_SOFTMAX, stats_only=True)  # pass 1: LSE only
-        launch(_CLIP, stats_only=False)  # pass 2: clamp(a 2^(s2 - LSE) + g) V
-    else:
-        launch(spec.mode, stats_only=False)
-    return out, raw, lse, e2
-
-
-def _key_mass(q: Tensor, k: Tensor, lse: Tensor | None, spec: _Spec) -> Tensor:
-    """sum_i W_ij per key j ([B, H, T] fp32), W the weights applied to v (sink / slot excluded)."""
-    B, H, T, D = q.shape
-    mass = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)
-    attn_key_mass_kernel[grid](
-        q,
-        k,
-        lse if lse is not None else mass,
-        mass,
-        *_strides3(q),
-        *_strides3(k),
-        B,
-        H,
-        T,
-        spec.qk_scale,
-        math.log2(T),
-        spec.clip_a,
-        spec.clip_g,
-        HEAD_DIM=D,
-        MODE=spec.mode,
-        FAST_SIGMOID=_fast_sigmoid(q),
-        DOT_PREC=_dot_precision(q.dtype),
-    )
-    return mass
-
-
-def _backward(
-    dy: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o_saved: Tensor,
-    lse: Tensor | None,
-    e2: Tensor | None,
-    sink: Tensor | None,
-    ek: Tensor | None,
-    ev: Tensor | None,
-    scale: Tensor | None,
-    spec: _Spec,
-    saved_raw: bool,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, ...]:
-    """Gradients for (q, k, v, sink, ek, ev, scale), None where not needed."""
-    B, H, T, D = q.shape
-    dev = q.device
-    f32 = {"dtype": torch.float32, "device": dev}
-    dy = _lastdim_contiguous(dy)
-    scale_grad = spec.scale != _NO_SCALE and needs[6]
-    do = torch.empty(B, H, T, D, dtype=q.dtype, device=dev) if spec.scale != _NO_SCALE else dy
-    delta = torch.empty(B, H, T, **f32) if spec.mode != _SIGMOID else None
-    n_pre = triton.cdiv(T, PRE_BLOCK_M)
-    has_extra = spec.extra != _NO_EXTRA
-    de = torch.empty(B, H, T, **f32) if has_extra else None
-    part_ek = torch.empty(B, H, n_pre, D, **f32) if has_extra else None
-    part_ev = torch.empty(B, H, n_pre, D, **f32) if has_extra else None
-    dscale = torch.empty(scale.shape, **f32) if scale_grad else None
-    # dQ is summed atomically over key blocks in fp32; the preprocess seeds it with de k'.
-    dq_acc = (torch.empty if has_extra else torch.zeros)(B, H, T, D, **f32)
-    prec = _dot_precision(q.dtype)
-
-    def dummy(x: Tensor | None) -> Tensor:
-        return q if x is None else x
-
-    if spec.mode != _SIGMOID or spec.scale != _NO_SCALE:
-        attn_bwd_preprocess_kernel[(n_pre * B * H,)](
-            dy,
-            o_saved,
-            dummy(scale),
-            do,
-            dummy(delta),
-            dummy(lse),
-            dummy(e2),
-            q,
-            dummy(ek),
-            dummy(ev),
-            dummy(de),
-            dq_acc,
-            dummy(part_ek),
-            dummy(part_ev),
-            dummy(dscale),
-            *_strides3(dy),
-            *_strides3(o_saved),
-            *_strides3(scale),
-            *_strides3(do),
-            *_strides3(q),
-            B,
-            H,
-            T,
-            HEAD_DIM=D,
-            MODE=spec.mode,
-            EXTRA=spec.extra,
-            SCALE=spec.scale,
-            SAVED_RAW=saved_raw,
-            SCALE_GRAD=scale_grad,
-            BLOCK_M=PRE_BLOCK_M,
-        )
-    if spec.mode == _CLIP:  # Delta_i = sum_j P_ij dP_ij needs its own pass over the keys
-        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)
-        attn_clip_delta_kernel[grid](
-            q,
-            k,
-            v,
-            do,
-            lse,
-            delta,
-            *_strides3(q),
-            *_strides3(k),
-            *_strides3(v),
-            *_strides3(do),
-            B,
-            H,
-            T,
-            spec.qk_scale,
-            spec.clip_a,
-            spec.clip_g,
-            HEAD_DIM=D,
-            DOT_PREC=prec,
-        )
-
-    dq = dk = dv = None
-    if any(needs[:3]):
-        # One kernel gives all three (dQ comes from the same tiles as dK, dV).
-        dk, dv = _empty_like_layout(k), _empty_like_layout(v)
-        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)
-        attn_bwd_kernel[grid](
-            q,
-            k,
-            v,
-            do,
-            dummy(lse),
-            dummy(delta),
-            dq_acc,
-            dk,
-            dv,
-            *_strides3(q),
-            *_strides3(k),
-            *_strides3(v),
-            *_strides3(do),
-            *_strides3(dk),
-            *_strides3(dv),
-            B,
-            H,
-            T,
-            spec.qk_scale,
-            spec.sm_scale,
-            math.log2(T),
-            spec.clip_a,
-            spec.clip_g,
-            HEAD_DIM=D,
-            MODE=spec.mode,
-            FAST_SIGMOID=_fast_sigmoid(q),
-            DOT_PREC=prec,
-        )
-        if needs[0]:
-            dq = _empty_like_layout(q).copy_(dq_acc.mul_(spec.sm_scale))
-
-    dsink = dek = dev_ = None
-    if spec.has_sink and needs[3]:
-        # dz_h = -sum_{b,i} P_sink[b,h,i] Delta[b,h,i], P_sink = exp(z_h - LSE)
-        z2 = sink.float()[None, :, None] * LOG2E.value
-        dsink = -(torch.exp2(z2 - lse) * delta).sum(dim=(0, 2)).to(sink.dtype)
-    if has_extra:
-        if needs[4]:
-            dek = (part_ek.sum(dim=(0, 2)) * spec.sm_scale).to(ek.dtype)
-        if needs[5]:
-            dev_ = part_ev.sum(dim=(0, 2)).to(ev.dtype)
-    dscale_out = dscale.to(scale.dtype) if scale_grad else None
-    return dq, dk, dv, dsink, dek, dev_, dscale_out
-
 
 # The kernels are registered as two custom ops (forward, backward) with autograd attached, so
 # that torch.compile treats attention as one opaque op (no graph break) and still traces the
