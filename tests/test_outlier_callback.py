@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,14 +65,26 @@ def wandb_records(path: Path):
             parts = b""
 
 
-def wandb_history(path: Path) -> list[dict[str, Any]]:
-    """The run's history rows; media values (logged as nested keys) come back as dicts."""
+def wandb_history(path: Path, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """The run's history rows; media values (logged as nested keys) come back as dicts.
+
+    W&B's service may still be writing the file when ``wandb.finish`` returns: wait (up to
+    ``timeout`` seconds) for the run's exit record before reading."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for raw in wandb_records(path):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout}s"
+        time.sleep(0.2)
     rows = []
-    for raw in wandb_records(path):
-        record = pb.Record()
-        record.ParseFromString(raw)
+    for record in records:
         if record.WhichOneof("record_type") != "history":
             continue
         row: dict[str, Any] = {}

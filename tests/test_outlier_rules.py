@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -45,3 +47,35 @@ def test_massive_rule_uses_each_sequences_own_median() -> None:
     mask, bound = massive_activation_mask(magnitudes(as_sequences(torch.stack([quiet, loud]))))
     assert mask[0, 1, 2] and not mask[1, 1, 2]  # 150 >= 1000 x 0.01 but < 1000 x 1
     assert bound.reshape(-1).tolist() == pytest.approx([10.0, 1000.0])
+
+
+def test_one_threshold_in_the_config_reaches_probe_report_and_mitigation(tmp_path) -> None:
+    """evaluate.py's probe.thresholds is read once (the evaluation's _thresholds) and the probe,
+    the outlier report and the set_zero mitigation all follow it: an abs_threshold above the
+    planted activation hides it from all three."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from test_outlier_probe import B, T, planted_gpt
+
+    from sysout.compress import get_method
+    from sysout.evaluation.outlier_report import outlier_report
+    from sysout.evaluation.run import _thresholds
+    from sysout.outliers import run_probe
+
+    model = planted_gpt()
+    batch = torch.randint(0, 50257, (B, T), generator=torch.Generator().manual_seed(1))
+    found = {}
+    for name, overrides in (("default", []), ("raised", ["probe.thresholds.abs_threshold=1e4"])):
+        GlobalHydra.instance().clear()
+        conf = str(Path(__file__).resolve().parents[1] / "conf")
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            cfg = compose("evaluate", overrides=["checkpoints=unused", *overrides])
+        GlobalHydra.instance().clear()
+        th = _thresholds(cfg)
+        probe = run_probe(model, batch, thresholds=th).summary()["num_activation_outliers"]
+        summary, _ = outlier_report(model, tmp_path / name, batch, None, thresholds=th)
+        with get_method("set_zero")(model, [batch], th) as record:
+            model(batch)
+        found[name] = (probe, summary["num_activation_outliers"], record.replaced)
+    assert all(n > 0 for n in found["default"])  # the planted activation, seen by all three
+    assert found["raised"] == (0, 0, 0)
