@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from sysout.adapters.base import AttentionCapture, BlockParts, ModelAdapter, register_adapter
 from sysout.model import GPT
-
-
-def variant_key_mass(variant: nn.Module, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
-    """Per-head key mass [B, H, T] by the variant's own formula (float32). The fused kernel path
-    is linear in memory; the reference path materialises [b, H, T, T], so it goes one sample at
-    a time."""
-    if getattr(variant, "fused", False) and variant.resolved_impl(q) == "triton":
-        return variant.key_mass(q, k, v, x).float()
-    return torch.cat(
-        [
-            variant.key_mass(q[i : i + 1], k[i : i + 1], v[i : i + 1], x[i : i + 1]).float()
-            for i in range(q.shape[0])
-        ]
-    )
 
 
 @register_adapter
@@ -80,7 +65,7 @@ class SysoutGPTAdapter(ModelAdapter):
                     k=k,
                     v=v,
                     weights=lambda: variant.attention_weights(q, k, x),
-                    key_mass=lambda: variant_key_mass(variant, q, k, v, x),
+                    key_mass=lambda: variant.key_mass(q, k, v, x).float(),
                 )
             )
 

@@ -249,10 +249,18 @@ class AttentionVariant(nn.Module):
         return self.finish_output(out, x)
 
     def key_mass(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
-        """Attention mass per key [B, H, T] = sum over queries of P; linear memory when fused."""
+        """Attention mass per key [B, H, T] = sum over queries of P, in at least float32.
+
+        The fused kernel computes it in linear memory; the reference materialises the weights
+        [1, H, T, T] of one sample at a time."""
         if self.fused and self.resolved_impl(q) == "triton":
-            return self.fused_forward(q, k, v, x, return_key_mass=True)[1]
-        return self.attention_weights(q, k, x).sum(dim=-2)
+            return upcast(self.fused_forward(q, k, v, x, return_key_mass=True)[1])
+        return torch.cat(
+            [
+                self.attention_weights(q[i : i + 1], k[i : i + 1], x[i : i + 1]).sum(dim=-2)
+                for i in range(q.shape[0])
+            ]
+        )
 
     def extra_repr(self) -> str:
         return f"n_head={self.n_head}, head_dim={self.head_dim}, impl={self.impl}"
