@@ -310,7 +310,7 @@ def test_evaluate_a_trained_sweep(tmp_path, shared_dir, token_cache_dir):
 def test_unloadable_run_text_falls_back_to_the_configured_one(tmp_path) -> None:
     from omegaconf import OmegaConf
 
-    from sysout.evaluation.run import Texts, _load_source
+    from sysout.evaluation.texts import Texts, load_source
 
     fallback = tmp_path / "fallback.txt"
     fallback.write_text("A local text that is there. " * 20)
@@ -318,12 +318,12 @@ def test_unloadable_run_text_falls_back_to_the_configured_one(tmp_path) -> None:
         {"data": {"splits": {"val": {"kind": "local", "path": str(tmp_path / "moved.txt")}}}}
     )
     texts = Texts(str(tmp_path / "cache"), None)
-    tokens, source, origin = _load_source(
+    tokens, source, origin = load_source(
         texts, "val", {"kind": "local", "path": str(fallback)}, run_cfg, "val"
     )
     assert origin == "fallback" and source["path"] == str(fallback) and len(tokens) > 100
     with pytest.raises(Exception, match="moved.txt"):  # without a fallback the error stands
-        _load_source(texts, "val", None, run_cfg, "val")
+        load_source(texts, "val", None, run_cfg, "val")
 
 
 # ----------------------------------------------------------------------------- hf: models
@@ -362,7 +362,7 @@ def test_evaluate_a_mixed_list_of_hf_and_sysout_models(compose_eval, tmp_path):
     # perplexity is the transformers model's own loss over the same windows.
     import transformers as T
 
-    from sysout.evaluation.run import Texts
+    from sysout.evaluation.texts import Texts
 
     model = T.AutoModelForCausalLM.from_pretrained(hf).eval()
     ids = Texts(str(tmp_path / "c"), None).load(cfg.eval_text, "eval", "e", "blank_lines")[:120]

@@ -12,25 +12,16 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sysout.data import (
-    DataSourceError,
-    RandomWindows,
-    TextSource,
-    get_tokenizer,
-    load_tokens,
-    probe_windows_from_tokens,
-)
+from sysout.data import DataSourceError, get_tokenizer, probe_windows_from_tokens
 from sysout.evaluation.checkpoints import (
     CheckpointEntry,
     LoadedCheckpoint,
@@ -53,6 +44,8 @@ from sysout.evaluation.robustness import (
     needs_calibration,
     normalize_methods,
 )
+from sysout.evaluation.texts import Texts, calibration_windows, load_source
+from sysout.loggers import build_loggers, close_loggers
 from sysout.outliers.rules import OutlierThresholds
 
 log = logging.getLogger(__name__)
@@ -85,112 +78,6 @@ def resolve_precision(name: str | None) -> torch.dtype | None:
     return PRECISIONS[key]
 
 
-# How the evaluation text's rows become one stream: "concat" as stored (through the token
-# cache); "blank_lines" joins the rows with "\n\n", as lm-eval-harness and the massive-activations
-# code stream WikiText-2 ("\n\n".join(test["text"])).
-STREAMS = ("concat", "blank_lines")
-
-
-def _rows(src: TextSource, where: str) -> list[str]:
-    """The text's rows as the hub dataset stores WikiText (each line with its newline)."""
-    docs = src.load_documents(where)[src.text_field]
-    text = "".join(d.replace("\r\n", "\n") for d in docs)
-    return text.splitlines(keepends=True)
-
-
-class Texts:
-    """Token ids of text sources, each loaded once: GPT-2's BPE through the shared token cache,
-    or a Hugging Face model's own tokenizer (kept in memory per tokenizer)."""
-
-    def __init__(self, cache_dir: str, tiktoken_cache_dir: str | None) -> None:
-        self.cache_dir = cache_dir
-        self.tiktoken_cache_dir = tiktoken_cache_dir
-        self._tokens: dict[Any, np.ndarray] = {}
-
-    def load(
-        self,
-        source: Mapping[str, Any] | TextSource,
-        split: str,
-        where: str,
-        stream: str = "concat",
-        tokenizer: Any | None = None,
-    ) -> np.ndarray:
-        if stream not in STREAMS:
-            raise ValueError(f"{where}: stream must be one of {STREAMS}, got {stream!r}")
-        src = TextSource.from_config(_plain(source), where=where)
-        key = (src, stream, None if tokenizer is None else getattr(tokenizer, "name_or_path", ""))
-        if key in self._tokens:
-            return self._tokens[key]
-        if tokenizer is None and stream == "concat":
-            ids = load_tokens(src, split, self.cache_dir, self.tiktoken_cache_dir, where=where)
-        else:
-            rows = _rows(src, where)
-            text = "\n\n".join(rows) if stream == "blank_lines" else "".join(rows)
-            if not text:
-                raise DataSourceError(f"{where}: the text is empty ({split} split): {src.path}")
-            if tokenizer is None:
-                ids = np.asarray(get_tokenizer(self.tiktoken_cache_dir).encode_ordinary(text))
-            else:  # the model's own special tokens (LLaMA's BOS), as the anchors tokenize
-                ids = np.asarray(tokenizer(text, verbose=False)["input_ids"])
-            ids = ids.astype(np.int64)
-        self._tokens[key] = ids
-        return ids
-
-
-def _run_source(
-    spec: Any, fallback: Any, run_cfg: DictConfig | None, where: str
-) -> tuple[dict[str, Any] | None, str]:
-    """A text source given as a split name of the run's own data config (``val``, ``train``),
-    or as a source dict; the fallback when the run's config is missing. Returns (source, origin)."""
-    spec = _plain(spec)
-    if spec is None:
-        return None, "off"
-    if isinstance(spec, Mapping):
-        return dict(spec), "config"
-    if run_cfg is not None:
-        try:
-            node = OmegaConf.select(run_cfg, f"data.splits.{spec}", throw_on_missing=True)
-            if node is not None:
-                return OmegaConf.to_container(node, resolve=True), f"run data.splits.{spec}"
-        except Exception as err:  # noqa: BLE001  (unresolvable interpolation in an old config)
-            log.warning("%s: cannot read data.splits.%s of the run's config (%s)", where, spec, err)
-    fallback = _plain(fallback)
-    if fallback is None:
-        raise DataSourceError(
-            f"{where}: the checkpoint's run has no data.splits.{spec} and {where}.fallback is null"
-        )
-    return dict(fallback), "fallback"
-
-
-def _load_source(
-    texts: Texts,
-    spec: Any,
-    fallback: Any,
-    run_cfg: DictConfig | None,
-    where: str,
-    tokenizer: Any | None = None,
-) -> tuple[np.ndarray | None, dict[str, Any] | None, str]:
-    """Tokens of :func:`_run_source`; when the run's own split cannot be loaded (a hub corpus
-    offline, a moved file), the fallback instead. Returns (tokens, source, origin)."""
-    source, origin = _run_source(spec, fallback, run_cfg, where)
-    if source is None:
-        return None, None, origin
-    try:
-        return (
-            texts.load(source, where, f"{where}.source", tokenizer=tokenizer),
-            source,
-            origin,
-        )
-    except Exception as err:  # noqa: BLE001  (any loading failure: try the fallback)
-        fallback = _plain(fallback)
-        if origin == "fallback" or fallback is None:
-            raise
-        log.warning("%s: the run's text failed to load (%s); using %s.fallback", where, err, where)
-        source = dict(fallback)
-        tokens = texts.load(source, where, f"{where}.fallback", tokenizer=tokenizer)
-        return tokens, source, "fallback"
-
-
 def _thresholds(cfg: DictConfig) -> OutlierThresholds:
     """The report's and the mitigation probes' thresholds (``probe.thresholds`` overrides)."""
     return OutlierThresholds.from_any(_plain(OmegaConf.select(cfg, "probe.thresholds")) or None)
@@ -208,30 +95,7 @@ def _block_size(loaded: LoadedCheckpoint, cfg: DictConfig) -> int:
     return min(block, int(cap)) if loaded.is_hf and cap else block
 
 
-def _instantiate_loggers(cfg: DictConfig) -> list[Any]:
-    """The ``logger`` group's entries; W&B runs get this evaluation's name, group and tags
-    instead of the training ones (which name an attention variant)."""
-    loggers = []
-    for name, entry in (cfg.get("logger") or {}).items():
-        if not isinstance(entry, DictConfig) or "_target_" not in entry:
-            continue
-        overrides: dict[str, Any] = {}
-        if "wandb" in str(entry._target_).lower() or name == "wandb":
-            overrides = _plain(cfg.get("wandb_run")) or {}
-        loggers.append(hydra.utils.instantiate(entry, **overrides))
-    return loggers
-
-
 # ----------------------------------------------------------------------------- one checkpoint
-def _calibration(
-    tokens: np.ndarray, block_size: int, windows: int, batch_size: int, seed: int
-) -> list[torch.Tensor]:
-    """``windows`` random windows [T] of the calibration text, in batches [B, T]."""
-    data = RandomWindows(tokens, block_size, windows, seed)
-    xs = [data[i][0] for i in range(len(data))]
-    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
-
-
 def _measure(tokens: np.ndarray, block_size: int, stride: int | None, cfg: DictConfig, desc: str):
     """``model -> PerplexityResult`` on ``tokens``, with a progress bar over the windows."""
     device, dtype = resolve_device(cfg.device), resolve_precision(cfg.precision)
@@ -376,7 +240,7 @@ def _validation(
     """The run's validation loss (train.py's val/loss: the first ``windows`` non-overlapping
     windows of its val split). A missing val text is a problem noted in the row, not a failure."""
     try:
-        tokens, source, origin = _load_source(
+        tokens, source, origin = load_source(
             texts, cfg.val.source, cfg.val.fallback, run_cfg, "val", tok
         )
         if tokens is None:
@@ -407,12 +271,14 @@ def _calibration_batches(
 ) -> tuple[list[torch.Tensor] | None, str | None]:
     c = cfg.calibration
     try:
-        tokens, source, origin = _load_source(
+        tokens, source, origin = load_source(
             texts, c.source, c.fallback, run_cfg, "calibration", tok
         )
         if tokens is None:
             raise DataSourceError("calibration.source is null")
-        batches = _calibration(tokens, block, int(c.windows), int(cfg.batch_size), int(c.seed))
+        batches = calibration_windows(
+            tokens, block, int(c.windows), int(cfg.batch_size), int(c.seed)
+        )
         result.info.update(
             calibration_text=source.get("path"),
             calibration_origin=origin,
@@ -511,7 +377,8 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
-    loggers = _instantiate_loggers(cfg)
+    # W&B runs get this evaluation's name, group and tags (the logger group's name a training).
+    loggers = build_loggers(cfg.get("logger"), {"wandb": _plain(cfg.get("wandb_run")) or {}})
     results: list[CheckpointResult] = []
     taken: set[str] = set()
     files: dict = {}
@@ -537,7 +404,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
             )
         log_results(loggers, results, methods, images)
     finally:
-        _finish(loggers)
+        close_loggers(loggers)
     _print_summary(results, methods, files)
 
     failed = [r for r in results if r.error]
@@ -547,18 +414,6 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
             + "; ".join(f"{r.checkpoint}: {r.error}" for r in failed)
         )
     return results
-
-
-def _finish(loggers: list[Any]) -> None:
-    from lightning.pytorch.loggers import WandbLogger
-
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            import wandb
-
-            wandb.finish()
-        else:
-            lg.finalize("success")
 
 
 def _print_summary(
