@@ -158,3 +158,29 @@ def test_weight_decay_groups_survive_fsdp_style_wrapping_and_flattening() -> Non
     decay, no_decay = parameter_groups(wrapped, 0.1, names)
     assert len(decay["params"]) == len(names) and all(p.dim() == 1 for p in decay["params"])
     assert len(no_decay["params"]) == sum(1 for _ in wrapped.parameters()) - len(names)
+
+
+def test_sink_tokens_follow_the_official_sink_model() -> None:
+    """Sun et al.'s model_sink.py: a learned [1, num_reg, C] token (no position embedding) is
+    prepended before block 0 and its outputs dropped after ln_f."""
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(block_size=8, vocab_size=32, n_layer=2, n_head=2, n_embd=16, sink_tokens=1)
+    ).eval()
+    assert tuple(model.reg_token.shape) == (1, 1, 16)
+    idx = torch.randint(0, 32, (3, 8))
+    tr = model.transformer
+    x = tr.wte(idx) + tr.wpe(torch.arange(8))
+    x = torch.cat([model.reg_token.expand(3, -1, -1), x], dim=1)
+    for block in tr.h:
+        x = block(x)
+    expected = model.lm_head(tr.ln_f(x)[:, 1:])
+    logits, _ = model(idx)
+    torch.testing.assert_close(logits, expected)
+    # the sink token changes every output (it is attended to), and the official key loads
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["reg_token"] = torch.randn(1, 1, 16)
+    model.load_nanogpt_state_dict(state)
+    assert not torch.allclose(model(idx)[0], logits)
+    with pytest.raises(ValueError, match="sink_tokens"):
+        GPTConfig(sink_tokens=-1)

@@ -356,3 +356,23 @@ def test_outlier_report_files_carry_lifecycle_and_token_classes(planted, tmp_pat
         "initial"
     }
     assert summary["outlier_tokens_initial"] == B and summary["outlier_tokens_other"] == 0
+
+
+def test_probe_aligns_a_models_own_sink_token_with_the_inputs() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=T, n_layer=2, n_head=2, n_embd=C, sink_tokens=1))
+    with torch.no_grad():
+        model.reg_token[0, 0, D] = 5000.0  # a massive value carried by the sink token itself
+    batch = torch.randint(0, 50257, (B, T), generator=torch.Generator().manual_seed(1))
+    groups = {"all": torch.ones(B, T, dtype=torch.bool)}
+    report = run_probe(model, batch, [11, 12, 13], query_groups=groups)
+    assert report.batch_shape == (B, T)
+    # position 0 of the residual stream is the sink token, shown as such, not as an input token
+    sink = [r for r in report.outliers if r.source == "val" and r.position == 0]
+    assert sink and {(r.token, r.token_id) for r in sink} == {("<sink>", -1)}
+    assert report.sentence.tokens[0] == "<sink>" and report.sentence.hidden.shape[1] == 4
+    # the group holds every input query but not the sink's own (which sees only itself, weight
+    # 1): overall share x (T + 1) queries = group share x T + 1
+    heads = report.layers[0].heads
+    overall, group = heads.first_token_share, heads.group_first_token_share["all"]
+    torch.testing.assert_close(group, (overall * (T + 1) - 1) / T, atol=1e-5, rtol=0)

@@ -155,6 +155,12 @@ class ModelAdapter:
         return type(self.model).__name__
 
     @property
+    def prefix_tokens(self) -> int:
+        """Learned positions the model prepends to every sequence (sink / register tokens): the
+        residual stream has this many more positions than the token ids."""
+        return 0
+
+    @property
     def max_length(self) -> int | None:
         """The longest sequence the model accepts (block size / position table), if known."""
         return None

@@ -27,6 +27,10 @@ class SysoutGPTAdapter(ModelAdapter):
         return str(self.model.config.attention)
 
     @property
+    def prefix_tokens(self) -> int:
+        return int(self.model.config.sink_tokens)
+
+    @property
     def max_length(self) -> int:
         return int(self.model.config.block_size)
 

@@ -36,6 +36,10 @@ class GPTConfig:
     # OpenAI's GPT-2 weights were trained with; transformers' "gelu_new"). Imported weights must
     # run with the activation they were trained with.
     activation: str = "gelu"
+    # Learned tokens prepended to every sequence before block 0 and dropped after ln_f (Sun et
+    # al. 2024's GPT-2 with a sink token, model_sink.py: num_reg = 1). Unlike kv_bias's extra
+    # key/value slot they are whole tokens: each layer computes their q, k, v and MLP output.
+    sink_tokens: int = 0
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -46,6 +50,8 @@ class GPTConfig:
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
                 f"choose n_head among the divisors of n_embd"
             )
+        if int(self.sink_tokens) < 0:
+            raise ValueError(f"model.sink_tokens must be >= 0, got {self.sink_tokens}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         self.attention_options = dict(self.attention_options or {})
@@ -140,6 +146,9 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.sink_tokens:  # the official name and shape ([1, num_reg, C], N(0, 0.02))
+            self.reg_token = nn.Parameter(torch.zeros(1, config.sink_tokens, config.n_embd))
+            nn.init.normal_(self.reg_token, mean=0.0, std=0.02)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 L).
         for name, p in self.named_parameters():
@@ -165,10 +174,14 @@ class GPT(nn.Module):
         if t > self.config.block_size:
             raise ValueError(f"sequence of length {t} exceeds block_size {self.config.block_size}")
         pos = torch.arange(t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        sinks = self.config.sink_tokens
+        if sinks:  # no position embedding for them, as in the official code
+            x = torch.cat([self.reg_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits = self.lm_head(self.transformer.ln_f(x)[:, sinks:])
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

@@ -32,7 +32,7 @@ class ProbePass:
 
     keep_tensors: bool  # the sentence pass keeps h and attention weights
     query_groups: Mapping[str, Tensor] = field(default_factory=dict)
-    shape: tuple[int, int] = (0, 0)  # [B, T] of the token ids, to unflatten [B*T, C] tensors
+    shape: tuple[int, int] = (0, 0)  # [B, T] of the residual stream, to unflatten [B*T, C]
     embedding: ActivationOutlierStats | None = None
     activation: dict[int, ActivationOutlierStats] = field(default_factory=dict)
     mlp_input: dict[int, ActivationOutlierStats] = field(default_factory=dict)
@@ -156,7 +156,7 @@ def register(
 def forward(adapter: ModelAdapter, idx: Tensor, rec: ProbePass, th: OutlierThresholds) -> ProbePass:
     """One probe pass of ``idx`` through the model with the hooks, stopped after the final norm
     (the [B, T, V] logits are not needed)."""
-    rec.shape = (int(idx.shape[0]), int(idx.shape[1]))
+    rec.shape = (int(idx.shape[0]), int(idx.shape[1]) + adapter.prefix_tokens)
     handles, last = register(adapter, rec, th)
     try:
         adapter.run(idx, stop_after=last)

@@ -82,6 +82,11 @@ def run_probe(
                 f"query group {name!r} has shape {tuple(mask.shape)}, the windows "
                 f"{tuple(windows.shape)}"
             )
+    prefix = adapter.prefix_tokens  # learned sink tokens the model prepends: no query of ours
+    groups = {
+        n: torch.cat([torch.zeros(m.shape[0], prefix, dtype=torch.bool, device=m.device), m], 1)
+        for n, m in groups.items()
+    }
     with adapter.eval_mode():
         main = forward(adapter, windows, ProbePass(False, groups), th)
         sent_pass = forward(adapter, sent, ProbePass(True), th) if sent is not None else None
@@ -179,9 +184,11 @@ def _assemble(
     )
 
     name = _token_namer(decode)
+    windows = _with_prefix(windows, adapter.prefix_tokens)
     records = _records(main, windows, "val", name)
     sentence_report = None
     if sent is not None and sent_pass is not None:
+        sent = _with_prefix(sent, adapter.prefix_tokens)
         ids = [int(t) for t in sent[0].tolist()]
         n = len(layers)
         sentence_report = SentenceReport(
@@ -201,7 +208,7 @@ def _assemble(
     )
     return ProbeReport(
         variant=adapter.name,
-        batch_shape=(int(windows.shape[0]), int(windows.shape[1])),
+        batch_shape=(int(windows.shape[0]), int(windows.shape[1]) - adapter.prefix_tokens),
         thresholds=th,
         embedding=main.embedding,
         layers=layers,
@@ -214,8 +221,27 @@ def _assemble(
     )
 
 
+SINK_TOKEN_ID = -1  # the id shown for a model's own learned sink tokens
+
+
+def _with_prefix(ids: Tensor, prefix: int) -> Tensor:
+    """Token ids aligned with the residual stream's positions: the model's learned sink tokens
+    first (id -1, shown as ``<sink>``), then the input."""
+    if not prefix:
+        return ids
+    return torch.cat(
+        [
+            torch.full((ids.shape[0], prefix), SINK_TOKEN_ID, dtype=ids.dtype, device=ids.device),
+            ids,
+        ],
+        dim=1,
+    )
+
+
 def _token_namer(decode: Callable[[int], str]) -> Callable[[int], str]:
     def name(token_id: int) -> str:
+        if token_id == SINK_TOKEN_ID:
+            return "<sink>"
         try:
             return decode(token_id)
         except Exception:  # noqa: BLE001  (ids past the tokenizer's vocab: padded embedding rows)
