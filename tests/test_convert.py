@@ -16,7 +16,7 @@ from sysout.model.convert import (
     hf_gpt2_from_sysout,
     sysout_from_hf_gpt2,
 )
-from sysout.model.export import main as export_main
+from sysout.evaluation.export import main as export_main
 from sysout.training.module import GPTLitModule
 
 TINY = dict(n_layer=3, n_head=2, n_embd=16, block_size=32, vocab_size=50304)

@@ -1,6 +1,6 @@
 """Export a sysout ``softmax`` checkpoint as a Hugging Face GPT-2 folder.
 
-    python -m sysout.model.export <checkpoint file or run folder> <out_dir> [--which best|last]
+    python -m sysout.evaluation.export <checkpoint file or run folder> <out_dir> [--which best|last]
 
 The folder holds ``config.json`` (``activation_function``: ``gelu`` for sysout's exact GELU,
 ``gelu_new`` for a model run with the tanh GELU), the weights (``model.safetensors``), the GPT-2
@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sysout.evaluation.checkpoints import load_checkpoint, resolve_checkpoints
 from sysout.model.convert import gpt2_tokenizer, hf_gpt2_from_sysout
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ def export_checkpoint(
     tiktoken_cache_dir: str | None = None,
 ) -> Path:
     """Write the HF GPT-2 folder of ``source`` (a .ckpt, a nanoGPT ckpt.pt or a run folder)."""
-    from sysout.evaluation.checkpoints import load_checkpoint, resolve_checkpoints
-
     entries = resolve_checkpoints(str(source), which=which)
     if len(entries) != 1:
         raise ValueError(
@@ -68,7 +67,7 @@ def export_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sysout.model.export", description=__doc__.split("\n\n")[0]
+        prog="python -m sysout.evaluation.export", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("source", help="a .ckpt file, a nanoGPT ckpt.pt or a run folder")
     parser.add_argument("out_dir", help="the folder to write (save_pretrained layout)")
