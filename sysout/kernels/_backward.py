@@ -45,8 +45,13 @@ from ._common import (
     SCALE_NONE,
     autotune,
     bwd_configs,
-    program_block,
+    clip01,
+    load_if,
+    load_rows,
+    load_scale,
+    program_rows,
     sigmoid_weights,
+    store_rows,
     tile_offsets,
     tile_offsets_t,
 )
@@ -101,47 +106,28 @@ def attn_bwd_preprocess_kernel(
     Delta = rowsum(dO * O) = rowsum(dY * Y). The scale's gradient needs O itself (Y / S would
     divide by zero where S = 0), so SCALE_GRAD requires SAVED_RAW.
     """
-    n_blocks = tl.cdiv(T, BLOCK_M)
-    start_m, off_hz = program_block(n_blocks, B * H, False)
-    off_b = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    row0 = off_hz.to(tl.int64) * T
-    lo = start_m * BLOCK_M
-
-    offs_mb = tl.arange(0, BLOCK_M)
-    offs_m = lo + offs_mb
-    offs_d = tl.arange(0, HEAD_DIM)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d = program_rows(
+        B, H, T, BLOCK_M, HEAD_DIM, False
+    )
     row_ok = offs_m < T
     mask2 = row_ok[:, None]
-
-    dy_offs = off_b * stride_yb + off_h * stride_yh + tile_offsets(lo, stride_yt, offs_mb, offs_d)
-    dy = tl.load(DY + dy_offs, mask=mask2, other=0.0).to(tl.float32)
-    o_offs = off_b * stride_ob + off_h * stride_oh + tile_offsets(lo, stride_ot, offs_mb, offs_d)
-    x = tl.load(OSaved + o_offs, mask=mask2, other=0.0).to(tl.float32)
+    dy = load_rows(DY, off_b, off_h, (stride_yb, stride_yh, stride_yt), lo, offs_mb, offs_d, row_ok)
+    dy = dy.to(tl.float32)
+    o_strides = (stride_ob, stride_oh, stride_ot)
+    x = load_rows(OSaved, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok).to(tl.float32)
 
     do = dy
     if SCALE != SCALE_NONE:
-        S_base = Scale + off_b * stride_sb + off_h * stride_sh
-        if SCALE == SCALE_HEAD:
-            s_row = S_base + lo.to(tl.int64) * stride_st
-            s = tl.load(s_row + offs_mb * stride_st, mask=row_ok, other=0.0).to(tl.float32)
-            do = dy * s[:, None]
-            if SCALE_GRAD:
+        s_strides = (stride_sb, stride_sh, stride_st)
+        do = dy * load_scale(Scale, off_b, off_h, s_strides, lo, offs_mb, offs_d, row_ok, SCALE)
+        if SCALE_GRAD:
+            if SCALE == SCALE_HEAD:
                 tl.store(DScale + row0 + offs_m, tl.sum(dy * x, 1), mask=row_ok)
-        else:
-            s_offs = tile_offsets(lo, stride_st, offs_mb, offs_d)
-            s = tl.load(S_base + s_offs, mask=mask2, other=0.0).to(tl.float32)
-            do = dy * s
-            if SCALE_GRAD:
-                tl.store(
-                    DScale + (row0 + offs_m[:, None]) * HEAD_DIM + offs_d[None, :],
-                    dy * x,
-                    mask=mask2,
-                )
-        do_offs = (
-            off_b * stride_db + off_h * stride_dh + tile_offsets(lo, stride_dt, offs_mb, offs_d)
-        )
-        tl.store(DO + do_offs, do.to(DO.dtype.element_ty), mask=mask2)
+            else:
+                ds_offs = (row0 + offs_m[:, None]) * HEAD_DIM + offs_d[None, :]
+                tl.store(DScale + ds_offs, dy * x, mask=mask2)
+        do_strides = (stride_db, stride_dh, stride_dt)
+        store_rows(DO, do, off_b, off_h, do_strides, lo, offs_mb, offs_d, row_ok)
 
     if MODE != MODE_SIGMOID:
         delta = tl.sum(do * x, 1) if SAVED_RAW else tl.sum(dy * x, 1)
@@ -165,11 +151,9 @@ def attn_bwd_preprocess_kernel(
             # k' and v' are shared by all queries: write this block's share of
             # dk' = sm_scale * sum_i de_i q_i and dv' = sum_i p0_i dO_i (summed on the host:
             # deterministic, unlike atomics). Padded rows have q = dO = 0.
-            q_offs = (
-                off_b * stride_qb + off_h * stride_qh + tile_offsets(lo, stride_qt, offs_mb, offs_d)
-            )
-            q = tl.load(Q + q_offs, mask=mask2, other=0.0).to(tl.float32)
-            part = (off_hz.to(tl.int64) * n_blocks + start_m) * HEAD_DIM + offs_d
+            q_strides = (stride_qb, stride_qh, stride_qt)
+            q = load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok).to(tl.float32)
+            part = ((off_b * H + off_h) * tl.cdiv(T, BLOCK_M) + lo // BLOCK_M) * HEAD_DIM + offs_d
             tl.store(PartEK + part, tl.sum(de[:, None] * q, 0))
             tl.store(PartEV + part, tl.sum(p0[:, None] * do, 0))
             # The logit e = sm_scale q.k' sends de k' back to q: seed the dQ accumulator with it
@@ -182,40 +166,21 @@ def attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _bwd_inner(
-    dk,
-    dv,
-    k,
-    v,
-    Q_base,
-    DO_base,
-    DQ_base,
-    LSE_row,
-    Delta_row,
-    stride_qt,
-    stride_dot,
-    offs_n,
-    offs_d,
-    lo,
-    hi,
-    T,
-    qk_scale,
-    log2_tk,
-    clip_a,
-    clip_g,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    MASK: tl.constexpr,
-    MODE: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+def _bwd_inner(dk, dv, k, v, qs, rows, offs_n, lo, hi, T, coefs, BLOCK_M, MASK, SW):
     """Walk queries [lo, hi) for one key block: five matmuls per tile. Scores are kept
     transposed ([keys, queries]) so that dV = W^T dO and dK = dS^T Q are plain dots.
 
     MASK: MASK_NONE (whole query blocks below the diagonal), MASK_CAUSAL (the diagonal block:
-    causal mask, rows stop at T) or MASK_ROWS (the last, partial query block).
+    causal mask, rows stop at T) or MASK_ROWS (the last, partial query block). qs = (Q, DO, DQ
+    of this (b, h), stride_qt, stride_dot); rows = (LSE, Delta of this (b, h)); coefs =
+    (qk_scale, log2_tk, clip_a, clip_g); SW = (MODE, FAST_SIGMOID, DOT_PREC).
     """
+    Q_base, DO_base, DQ_base, stride_qt, stride_dot = qs
+    LSE_row, Delta_row = rows
+    qk_scale, log2_tk, clip_a, clip_g = coefs
+    MODE, FAST_SIGMOID, DOT_PREC = SW
+    HEAD_DIM: tl.constexpr = k.shape[1]
+    offs_d = tl.arange(0, HEAD_DIM)
     offs_mb = tl.arange(0, BLOCK_M)
     qT_ptrs = Q_base + tile_offsets_t(lo, stride_qt, offs_mb, offs_d)
     do_ptrs = DO_base + tile_offsets(lo, stride_dot, offs_mb, offs_d)
@@ -226,12 +191,8 @@ def _bwd_inner(
         row_ok = offs_m < T
         # Padded queries (>= T) load q = dO = 0 and so add nothing to dK / dV; their dQ is
         # masked out of the atomic add.
-        if MASK == MASK_NONE:
-            qT = tl.load(qT_ptrs)
-            do = tl.load(do_ptrs)
-        else:
-            qT = tl.load(qT_ptrs, mask=row_ok[None, :], other=0.0)
-            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+        qT = load_if(qT_ptrs, row_ok[None, :], MASK != MASK_NONE)
+        do = load_if(do_ptrs, row_ok[:, None], MASK != MASK_NONE)
         qkT = tl.dot(k, qT, input_precision=DOT_PREC)
         if MODE == MODE_SIGMOID:
             pT = sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
@@ -244,7 +205,7 @@ def _bwd_inner(
         wT = pT  # the weights applied to v
         if MODE == MODE_CLIP:
             xT = clip_a * pT + clip_g
-            wT = tl.minimum(tl.maximum(xT, 0.0), 1.0)
+            wT = clip01(xT)
             if MASK == MASK_CAUSAL:
                 wT = tl.where(valid, wT, 0.0)
 
@@ -307,10 +268,10 @@ def attn_bwd_kernel(
     H,
     T,
     qk_scale,
-    sm_scale,
     log2_tk,
     clip_a,
     clip_g,
+    sm_scale,
     HEAD_DIM: tl.constexpr,
     MODE: tl.constexpr,
     FAST_SIGMOID: tl.constexpr,
@@ -322,24 +283,17 @@ def attn_bwd_kernel(
     into DQ: fp32 [B, H, T, d], contiguous, zeroed or seeded by the preprocess)."""
     tl.static_assert(BLOCK_N % BLOCK_M == 0)  # the diagonal block is walked in BLOCK_M steps
     # Key blocks from the first: the first sees every query, so the longest run first.
-    start_n, off_hz = program_block(tl.cdiv(T, BLOCK_N), B * H, False)
-    off_b = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    row0 = off_hz.to(tl.int64) * T
-    lo = start_n * BLOCK_N
-
-    offs_nb = tl.arange(0, BLOCK_N)
-    offs_n = lo + offs_nb
-    offs_d = tl.arange(0, HEAD_DIM)
+    nb = program_rows(B, H, T, BLOCK_N, HEAD_DIM, False)
+    off_b, off_h, row0, lo, offs_nb, offs_n, offs_d = nb
     col_ok = offs_n < T
-
-    k_offs = off_b * stride_kb + off_h * stride_kh + tile_offsets(lo, stride_kt, offs_nb, offs_d)
-    k = tl.load(K + k_offs, mask=col_ok[:, None], other=0.0)
-    v_offs = off_b * stride_vb + off_h * stride_vh + tile_offsets(lo, stride_vt, offs_nb, offs_d)
-    v = tl.load(V + v_offs, mask=col_ok[:, None], other=0.0)
+    k = load_rows(K, off_b, off_h, (stride_kb, stride_kh, stride_kt), lo, offs_nb, offs_d, col_ok)
+    v = load_rows(V, off_b, off_h, (stride_vb, stride_vh, stride_vt), lo, offs_nb, offs_d, col_ok)
     Q_base = Q + off_b * stride_qb + off_h * stride_qh
     DO_base = DO + off_b * stride_dob + off_h * stride_doh
-    DQ_base = DQ + row0 * HEAD_DIM
+    qs = (Q_base, DO_base, DQ + row0 * HEAD_DIM, stride_qt, stride_dot)
+    rows = (LSE + row0, Delta + row0)
+    coefs = (qk_scale, log2_tk, clip_a, clip_g)
+    sw = (MODE, FAST_SIGMOID, DOT_PREC)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -348,96 +302,17 @@ def attn_bwd_kernel(
     hi_diag = tl.minimum(lo + BLOCK_N, T)
     hi_full = hi_diag + (T - hi_diag) // BLOCK_M * BLOCK_M
     dk, dv = _bwd_inner(
-        dk,
-        dv,
-        k,
-        v,
-        Q_base,
-        DO_base,
-        DQ_base,
-        LSE + row0,
-        Delta + row0,
-        stride_qt,
-        stride_dot,
-        offs_n,
-        offs_d,
-        lo,
-        hi_diag,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        HEAD_DIM,
-        BLOCK_M,
-        MASK_CAUSAL,
-        MODE,
-        FAST_SIGMOID,
-        DOT_PREC,
+        dk, dv, k, v, qs, rows, offs_n, lo, hi_diag, T, coefs, BLOCK_M, MASK_CAUSAL, sw
     )
     dk, dv = _bwd_inner(
-        dk,
-        dv,
-        k,
-        v,
-        Q_base,
-        DO_base,
-        DQ_base,
-        LSE + row0,
-        Delta + row0,
-        stride_qt,
-        stride_dot,
-        offs_n,
-        offs_d,
-        hi_diag,
-        hi_full,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        HEAD_DIM,
-        BLOCK_M,
-        MASK_NONE,
-        MODE,
-        FAST_SIGMOID,
-        DOT_PREC,
+        dk, dv, k, v, qs, rows, offs_n, hi_diag, hi_full, T, coefs, BLOCK_M, MASK_NONE, sw
     )
     dk, dv = _bwd_inner(
-        dk,
-        dv,
-        k,
-        v,
-        Q_base,
-        DO_base,
-        DQ_base,
-        LSE + row0,
-        Delta + row0,
-        stride_qt,
-        stride_dot,
-        offs_n,
-        offs_d,
-        hi_full,
-        T,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        HEAD_DIM,
-        BLOCK_M,
-        MASK_ROWS,
-        MODE,
-        FAST_SIGMOID,
-        DOT_PREC,
+        dk, dv, k, v, qs, rows, offs_n, hi_full, T, T, coefs, BLOCK_M, MASK_ROWS, sw
     )
 
-    dk = dk * sm_scale
-    dk_offs = (
-        off_b * stride_dkb + off_h * stride_dkh + tile_offsets(lo, stride_dkt, offs_nb, offs_d)
+    dk_strides = (stride_dkb, stride_dkh, stride_dkt)
+    store_rows(DK, dk * sm_scale, off_b, off_h, dk_strides, lo, offs_nb, offs_d, col_ok)
+    store_rows(
+        DV, dv, off_b, off_h, (stride_dvb, stride_dvh, stride_dvt), lo, offs_nb, offs_d, col_ok
     )
-    tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
-    dv_offs = (
-        off_b * stride_dvb + off_h * stride_dvh + tile_offsets(lo, stride_dvt, offs_nb, offs_d)
-    )
-    tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])

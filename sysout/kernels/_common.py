@@ -39,7 +39,7 @@ LN2 = 0.6931471805599453
 LN2_HALF = tl.constexpr(0.34657359027997264)
 
 
-# The interpreter cannot benchmark, so it gets exactly one config per kernel. Those blocks are
+# The interpreter's single config per kernel (see `_configs`) has blocks that are
 # small and deliberately unequal (BLOCK_M != BLOCK_N) so that CPU tests exercise the multi-block
 # loops and the diagonal sub-block logic with short sequences.
 
@@ -60,22 +60,28 @@ def _cfg(
     return c
 
 
+def _configs(interpreter: triton.Config, gpu: list[triton.Config]) -> list[triton.Config]:
+    # The interpreter cannot benchmark: it gets exactly one config per kernel.
+    return [interpreter] if interpreting() else gpu
+
+
 def fwd_configs() -> list[triton.Config]:
     """Forward / clip second pass: BLOCK_M query rows per program, BLOCK_N keys per step.
 
     BLOCK_M must be a multiple of BLOCK_N (the diagonal block is walked in BLOCK_N steps).
     """
-    if interpreting():
-        return [_cfg(32, 16, 4, 1)]
-    return [
-        _cfg(128, 64, 4, 3, _D64),
-        _cfg(128, 64, 8, 3),
-        _cfg(128, 128, 8, 3, _D64),
-        _cfg(128, 128, 8, 2, _D64),
-        _cfg(128, 32, 4, 4, _D64),
-        _cfg(64, 64, 4, 3),
-        _cfg(64, 32, 4, 4),
-    ]
+    return _configs(
+        _cfg(32, 16, 4, 1),
+        [
+            _cfg(128, 64, 4, 3, _D64),
+            _cfg(128, 64, 8, 3),
+            _cfg(128, 128, 8, 3, _D64),
+            _cfg(128, 128, 8, 2, _D64),
+            _cfg(128, 32, 4, 4, _D64),
+            _cfg(64, 64, 4, 3),
+            _cfg(64, 32, 4, 4),
+        ],
+    )
 
 
 def bwd_configs() -> list[triton.Config]:
@@ -85,30 +91,27 @@ def bwd_configs() -> list[triton.Config]:
     beside two [BLOCK_N, BLOCK_M] fp32 tiles and a dQ tile. BLOCK_M >= 64 keeps the dQ matmul
     on wgmma (32 falls back to mma.sync); at d = 128 only thinner tiles fit.
     """
-    if interpreting():
-        return [_cfg(16, 32, 4, 1)]
     clip = (MODE_CLIP.value,)
-    return [
-        _cfg(64, 128, 8, 3, _D64, skip=clip),
-        _cfg(32, 128, 8, 3, _D64),
-        _cfg(64, 64, 4, 3, _D64),
-        _cfg(32, 64, 4, 3, _D64),
-        _cfg(64, 64, 8, 3, (128,), skip=clip),
-        _cfg(32, 128, 8, 3, (128,), skip=clip),
-        _cfg(32, 64, 8, 3, (128,)),
-        _cfg(16, 64, 4, 3, (128,)),
-    ]
+    return _configs(
+        _cfg(16, 32, 4, 1),
+        [
+            _cfg(64, 128, 8, 3, _D64, skip=clip),
+            _cfg(32, 128, 8, 3, _D64),
+            _cfg(64, 64, 4, 3, _D64),
+            _cfg(32, 64, 4, 3, _D64),
+            _cfg(64, 64, 8, 3, (128,), skip=clip),
+            _cfg(32, 128, 8, 3, (128,), skip=clip),
+            _cfg(32, 64, 8, 3, (128,)),
+            _cfg(16, 64, 4, 3, (128,)),
+        ],
+    )
 
 
 def mass_configs() -> list[triton.Config]:
     """Key mass: BLOCK_N keys per program, BLOCK_M queries per step (one matmul per tile)."""
-    if interpreting():
-        return [_cfg(16, 32, 4, 1)]
-    return [
-        _cfg(64, 128, 8, 3),
-        _cfg(32, 128, 4, 3),
-        _cfg(64, 64, 4, 3),
-    ]
+    return _configs(
+        _cfg(16, 32, 4, 1), [_cfg(64, 128, 8, 3), _cfg(32, 128, 4, 3), _cfg(64, 64, 4, 3)]
+    )
 
 
 def delta_configs() -> list[triton.Config]:
@@ -116,13 +119,9 @@ def delta_configs() -> list[triton.Config]:
 
     BLOCK_M must be a multiple of BLOCK_N.
     """
-    if interpreting():
-        return [_cfg(32, 16, 4, 1)]
-    return [
-        _cfg(128, 64, 8, 3),
-        _cfg(128, 32, 4, 3),
-        _cfg(64, 64, 4, 3),
-    ]
+    return _configs(
+        _cfg(32, 16, 4, 1), [_cfg(128, 64, 8, 3), _cfg(128, 32, 4, 3), _cfg(64, 64, 4, 3)]
+    )
 
 
 PRE_BLOCK_M = 32  # rows per program of the row-wise preprocess (memory bound; keeps registers low)
@@ -164,7 +163,9 @@ def autotune(configs: list[triton.Config], key: list[str], restore_value: list[s
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers shared by the kernels
+# Helpers shared by the kernels. Triton inlines them (no cost on the GPU) and specialises them on
+# every constexpr argument, annotated or not: the kernels' loop helpers take their upper-case
+# switches plainly, or as a tuple (SW) of the kernel's switches.
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def tile_offsets(start, stride, offs_r, offs_c):
@@ -211,3 +212,67 @@ def sigmoid_weights(qk, qk_scale, log2_tk, FAST: tl.constexpr):
         )
         return 0.5 * t + 0.5
     return 1.0 / (1.0 + tl.math.exp2(log2_tk - qk * qk_scale))
+
+
+@triton.jit
+def program_rows(B, H, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HEAVY_FIRST: tl.constexpr):
+    """This program's BLOCK rows (queries or keys) of one (batch, head), see ``program_block``.
+
+    Returns (off_b, off_h, row0, lo, offs_b, offs, offs_d): the batch and head (64-bit), where
+    this (b, h) starts in a [B*H, T] array (64-bit), the first row, arange(BLOCK), lo + that and
+    arange(HEAD_DIM).
+    """
+    block, off_hz = program_block(tl.cdiv(T, BLOCK), B * H, HEAVY_FIRST)
+    lo = block * BLOCK
+    offs_b = tl.arange(0, BLOCK)
+    row0 = off_hz.to(tl.int64) * T
+    off_b, off_h = (off_hz // H).to(tl.int64), (off_hz % H).to(tl.int64)
+    return off_b, off_h, row0, lo, offs_b, lo + offs_b, tl.arange(0, HEAD_DIM)
+
+
+@triton.jit
+def head_tile(off_b, off_h, strides, lo, offs_r, offs_d):
+    """Offsets of the [rows, d] tile at row lo of (batch off_b, head off_h) in a [B, H, T, d]
+    tensor of strides (stride_b, stride_h, stride_t)."""
+    stride_b, stride_h, stride_t = strides
+    return off_b * stride_b + off_h * stride_h + tile_offsets(lo, stride_t, offs_r, offs_d)
+
+
+@triton.jit
+def load_rows(X, off_b, off_h, strides, lo, offs_r, offs_d, ok):
+    """The ``head_tile`` of X; rows where ``ok`` is false (past T) read as 0."""
+    return tl.load(
+        X + head_tile(off_b, off_h, strides, lo, offs_r, offs_d), mask=ok[:, None], other=0.0
+    )
+
+
+@triton.jit
+def store_rows(X, value, off_b, off_h, strides, lo, offs_r, offs_d, ok):
+    """Store value (cast to X's type) in the ``head_tile`` of X, rows where ``ok`` only."""
+    offs = head_tile(off_b, off_h, strides, lo, offs_r, offs_d)
+    tl.store(X + offs, value.to(X.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def load_scale(Scale, off_b, off_h, strides, lo, offs_r, offs_d, ok, SCALE: tl.constexpr):
+    """The output scale of these rows in fp32, broadcastable to their [rows, d] tile: one factor
+    per row (SCALE_HEAD, Scale [B, H, T]) or per channel (SCALE_CHANNEL, [B, H, T, d])."""
+    if SCALE == SCALE_HEAD:
+        stride_b, stride_h, stride_t = strides
+        S_row = Scale + off_b * stride_b + off_h * stride_h + lo.to(tl.int64) * stride_t
+        s = tl.load(S_row + offs_r * stride_t, mask=ok, other=0.0).to(tl.float32)[:, None]
+    else:
+        s = load_rows(Scale, off_b, off_h, strides, lo, offs_r, offs_d, ok).to(tl.float32)
+    return s
+
+
+@triton.jit
+def load_if(ptrs, mask, MASKED: tl.constexpr):
+    """A tile that is masked (masked-off elements read as 0) only when MASKED."""
+    return tl.load(ptrs, mask=mask, other=0.0) if MASKED else tl.load(ptrs)
+
+
+@triton.jit
+def clip01(x):
+    """The clipped softmax's clamp to [0, 1]."""
+    return tl.minimum(tl.maximum(x, 0.0), 1.0)

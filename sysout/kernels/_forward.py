@@ -23,56 +23,39 @@ from ._common import (
     MODE_CLIP,
     MODE_SIGMOID,
     MODE_SOFTMAX,
-    SCALE_CHANNEL,
-    SCALE_HEAD,
     SCALE_NONE,
     autotune,
+    clip01,
     fwd_configs,
-    program_block,
+    load_if,
+    load_rows,
+    load_scale,
+    program_rows,
     sigmoid_weights,
+    store_rows,
     tile_offsets,
     tile_offsets_t,
 )
 
 
 @triton.jit
-def _fwd_inner(
-    acc,
-    l_i,
-    m_i,
-    q,
-    lse,
-    K_base,
-    V_base,
-    stride_kt,
-    stride_vt,
-    offs_m,
-    offs_n,
-    offs_d,
-    lo,
-    hi,
-    T,
-    qk_scale,
-    log2_tk,
-    clip_a,
-    clip_g,
-    BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr,
-    MODE: tl.constexpr,
-    STATS_ONLY: tl.constexpr,
-    SCALE_POS: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+def _fwd_inner(acc, l_i, m_i, q, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MASKED, SW):
     """Accumulate keys [lo, hi) into (acc, l_i, m_i). MASKED: the diagonal block (causal mask;
-    loads stop at T)."""
+    loads stop at T). kv = (K, V of this (b, h), stride_kt, stride_vt); coefs = (qk_scale,
+    log2_tk, clip_a, clip_g); SW = the kernel's (MODE, STATS_ONLY, SCALE_POS, FAST_SIGMOID,
+    DOT_PREC)."""
+    K_head, V_head, stride_kt, stride_vt = kv
+    qk_scale, log2_tk, clip_a, clip_g = coefs
+    MODE, STATS_ONLY, SCALE_POS, FAST_SIGMOID, DOT_PREC = SW
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, q.shape[1])
     # K is read transposed ([d, BLOCK_N]) straight from memory: no in-register transpose.
-    kT_ptrs = K_base + tile_offsets_t(lo, stride_kt, offs_n, offs_d)
-    v_ptrs = V_base + tile_offsets(lo, stride_vt, offs_n, offs_d)
+    kT_ptrs = K_head + tile_offsets_t(lo, stride_kt, offs_n, offs_d)
+    v_ptrs = V_head + tile_offsets(lo, stride_vt, offs_n, offs_d)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        kT = tl.load(kT_ptrs, mask=cols[None, :] < T, other=0.0) if MASKED else tl.load(kT_ptrs)
+        kT = load_if(kT_ptrs, cols[None, :] < T, MASKED)
         qk = tl.dot(q, kT, input_precision=DOT_PREC)
         if MASKED:
             # Rows past T are never stored, so only the causal half of the mask is needed:
@@ -97,19 +80,17 @@ def _fwd_inner(
             if not STATS_ONLY:
                 acc = acc * alpha[:, None]
             m_i = m_new
-        elif MODE == MODE_SIGMOID:
-            p = sigmoid_weights(qk, qk_scale, log2_tk, FAST_SIGMOID)
-            if MASKED:
-                p = tl.where(valid, p, 0.0)
         else:
-            # Clipped softmax, second pass: normalised p from the stored LSE, then clamp.
-            p = tl.math.exp2(qk * qk_scale - lse[:, None])
-            p = tl.minimum(tl.maximum(clip_a * p + clip_g, 0.0), 1.0)
+            if MODE == MODE_SIGMOID:
+                p = sigmoid_weights(qk, qk_scale, log2_tk, FAST_SIGMOID)
+            else:
+                # Clipped softmax, second pass: normalised p from the stored LSE, then clamp.
+                p = clip01(clip_a * tl.math.exp2(qk * qk_scale - lse[:, None]) + clip_g)
             if MASKED:
                 p = tl.where(valid, p, 0.0)
 
         if not STATS_ONLY:
-            v = tl.load(v_ptrs, mask=cols[:, None] < T, other=0.0) if MASKED else tl.load(v_ptrs)
+            v = load_if(v_ptrs, cols[:, None] < T, MASKED)
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         kT_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
@@ -176,23 +157,10 @@ def attn_fwd_kernel(
     STATS_ONLY computes the LSE alone (first pass of the clipped softmax).
     """
     tl.static_assert(BLOCK_M % BLOCK_N == 0)  # the diagonal block is walked in BLOCK_N steps
-    start_m, off_hz = program_block(tl.cdiv(T, BLOCK_M), B * H, True)
-    off_b = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    row0 = off_hz.to(tl.int64) * T  # offset of this (b, h) in LSE / E
-    lo = start_m * BLOCK_M
-
-    offs_mb = tl.arange(0, BLOCK_M)
-    offs_m = lo + offs_mb
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    rows = program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d = rows  # row0: this (b, h) in LSE / E
     row_ok = offs_m < T
-
-    Q_base = Q + off_b * stride_qb + off_h * stride_qh
-    K_base = K + off_b * stride_kb + off_h * stride_kh
-    V_base = V + off_b * stride_vb + off_h * stride_vh
-    q_offs = tile_offsets(lo, stride_qt, offs_mb, offs_d)
-    q = tl.load(Q_base + q_offs, mask=row_ok[:, None], other=0.0)
+    q = load_rows(Q, off_b, off_h, (stride_qb, stride_qh, stride_qt), lo, offs_mb, offs_d, row_ok)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -221,64 +189,19 @@ def attn_fwd_kernel(
             if not STATS_ONLY:
                 acc = w_e[:, None] * ev[None, :]
 
+    K_head = K + off_b * stride_kb + off_h * stride_kh
+    V_head = V + off_b * stride_vb + off_h * stride_vh
+    kv = (K_head, V_head, stride_kt, stride_vt)
+    coefs = (qk_scale, log2_tk, clip_a, clip_g)
+    sw = (MODE, STATS_ONLY, SCALE_POS, FAST_SIGMOID, DOT_PREC)
     # Keys strictly left of the diagonal block: all valid for every row, no mask.
     acc, l_i, m_i = _fwd_inner(
-        acc,
-        l_i,
-        m_i,
-        q,
-        lse,
-        K_base,
-        V_base,
-        stride_kt,
-        stride_vt,
-        offs_m,
-        offs_n,
-        offs_d,
-        0,
-        lo,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        BLOCK_N,
-        False,
-        MODE,
-        STATS_ONLY,
-        SCALE_POS,
-        FAST_SIGMOID,
-        DOT_PREC,
+        acc, l_i, m_i, q, lse, kv, offs_m, 0, lo, T, coefs, BLOCK_N, False, sw
     )
     # The diagonal block, stopping at the sequence end.
     hi = tl.minimum(lo + BLOCK_M, T)
     acc, l_i, m_i = _fwd_inner(
-        acc,
-        l_i,
-        m_i,
-        q,
-        lse,
-        K_base,
-        V_base,
-        stride_kt,
-        stride_vt,
-        offs_m,
-        offs_n,
-        offs_d,
-        lo,
-        hi,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        BLOCK_N,
-        True,
-        MODE,
-        STATS_ONLY,
-        SCALE_POS,
-        FAST_SIGMOID,
-        DOT_PREC,
+        acc, l_i, m_i, q, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, True, sw
     )
 
     if MODE == MODE_SOFTMAX:
@@ -292,18 +215,10 @@ def attn_fwd_kernel(
                 # p0 = exp(e) / (exp(e) + sum_j exp(s_j)) = sigmoid(e - LSE_real)
                 p0 = 1.0 / (1.0 + tl.math.exp2(lse - e2))
                 o = o + p0[:, None] * ev[None, :]
-        out_offs = (
-            off_b * stride_ob + off_h * stride_oh + tile_offsets(lo, stride_ot, offs_mb, offs_d)
-        )
+        o_strides = (stride_ob, stride_oh, stride_ot)
         if STORE_RAW:
-            tl.store(OutRaw + out_offs, o.to(OutRaw.dtype.element_ty), mask=row_ok[:, None])
+            store_rows(OutRaw, o, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)
         if SCALE != SCALE_NONE:
-            S_base = Scale + off_b * stride_sb + off_h * stride_sh
-            if SCALE == SCALE_HEAD:
-                s = tl.load(S_base + lo.to(tl.int64) * stride_st + offs_mb * stride_st, mask=row_ok)
-                o = o * s.to(tl.float32)[:, None]
-            elif SCALE == SCALE_CHANNEL:
-                s_offs = tile_offsets(lo, stride_st, offs_mb, offs_d)
-                s = tl.load(S_base + s_offs, mask=row_ok[:, None], other=0.0)
-                o = o * s.to(tl.float32)
-        tl.store(Out + out_offs, o.to(Out.dtype.element_ty), mask=row_ok[:, None])
+            s_strides = (stride_sb, stride_sh, stride_st)
+            o = o * load_scale(Scale, off_b, off_h, s_strides, lo, offs_mb, offs_d, row_ok, SCALE)
+        store_rows(Out, o, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)

@@ -13,26 +13,21 @@ import torch
 import triton
 from torch import Tensor
 
+from . import _common
 from ._backward import attn_bwd_kernel, attn_bwd_preprocess_kernel
-from ._common import (
-    EXTRA_CONTEXT,
-    EXTRA_KV,
-    EXTRA_NONE,
-    LOG2E,
-    MODE_CLIP,
-    MODE_SIGMOID,
-    MODE_SOFTMAX,
-    PRE_BLOCK_M,
-    SCALE_CHANNEL,
-    SCALE_HEAD,
-    SCALE_NONE,
-)
 from ._forward import attn_fwd_kernel
 from ._passes import attn_clip_delta_kernel, attn_key_mass_kernel
 
-_SOFTMAX, _SIGMOID, _CLIP = MODE_SOFTMAX.value, MODE_SIGMOID.value, MODE_CLIP.value
-_NO_EXTRA, _KV, _CONTEXT = EXTRA_NONE.value, EXTRA_KV.value, EXTRA_CONTEXT.value
-_NO_SCALE, _HEAD, _CHANNEL = SCALE_NONE.value, SCALE_HEAD.value, SCALE_CHANNEL.value
+
+def _ints(*switches) -> tuple[int, ...]:  # the kernels' tl.constexpr switches, for the host
+    return tuple(s.value for s in switches)
+
+
+_SOFTMAX, _SIGMOID, _CLIP = _ints(_common.MODE_SOFTMAX, _common.MODE_SIGMOID, _common.MODE_CLIP)
+_NO_EXTRA, _KV, _CONTEXT = _ints(_common.EXTRA_NONE, _common.EXTRA_KV, _common.EXTRA_CONTEXT)
+_NO_SCALE, _HEAD, _CHANNEL = _ints(_common.SCALE_NONE, _common.SCALE_HEAD, _common.SCALE_CHANNEL)
+LOG2E = _common.LOG2E.value
+PRE_BLOCK_M = _common.PRE_BLOCK_M
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ class _Spec:
 
     @property
     def qk_scale(self) -> float:  # scores in base 2: exp(x) = 2^(x log2 e)
-        return self.sm_scale * LOG2E.value
+        return self.sm_scale * LOG2E
 
 
 def _lastdim_contiguous(x: Tensor) -> Tensor:
@@ -82,6 +77,29 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _grid(q: Tensor, block: str):
+    """One program per `block` rows of every (batch, head) (see ``program_block``)."""
+    B, H, T, _ = q.shape
+    return lambda meta: (triton.cdiv(T, meta[block]) * B * H,)
+
+
+def _or_q(q: Tensor, x: Tensor | None) -> Tensor:
+    # An unused pointer argument still needs a tensor.
+    return q if x is None else x
+
+
+def _score_args(q: Tensor, spec: _Spec, mode: int | None) -> tuple[tuple, dict]:
+    """What every kernel that forms scores takes after its strides: (B, H, T, qk_scale, log2 T,
+    clip_a, clip_g), and the switches HEAD_DIM, DOT_PREC (and MODE, FAST_SIGMOID unless mode is
+    None)."""
+    B, H, T, D = q.shape
+    args = (B, H, T, spec.qk_scale, math.log2(T), spec.clip_a, spec.clip_g)
+    switches = {"HEAD_DIM": D, "DOT_PREC": _dot_precision(q.dtype)}
+    if mode is not None:
+        switches.update(MODE=mode, FAST_SIGMOID=_fast_sigmoid(q))
+    return args, switches
+
+
 def _forward(
     q: Tensor,
     k: Tensor,
@@ -101,46 +119,28 @@ def _forward(
     lse = torch.empty(B, H, T, **f32) if spec.mode != _SIGMOID else None
     e2 = torch.empty(B, H, T, **f32) if spec.extra != _NO_EXTRA else None
 
-    def dummy(x: Tensor | None) -> Tensor:  # unused pointer arguments still need a tensor
-        return q if x is None else x
-
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)
-
     def launch(mode: int, stats_only: bool) -> None:
-        attn_fwd_kernel[grid](
+        args, switches = _score_args(q, spec, mode)
+        extra_ptrs = (raw, lse, e2, sink, ek, ev, scale)
+        attn_fwd_kernel[_grid(q, "BLOCK_M")](
             q,
             k,
             v,
             out,
-            dummy(raw),
-            dummy(lse),
-            dummy(e2),
-            dummy(sink),
-            dummy(ek),
-            dummy(ev),
-            dummy(scale),
+            *(_or_q(q, x) for x in extra_ptrs),
             *_strides3(q),
             *_strides3(k),
             *_strides3(v),
             *_strides3(out),
             *_strides3(scale),
-            B,
-            H,
-            T,
-            spec.qk_scale,
-            math.log2(T),
-            spec.clip_a,
-            spec.clip_g,
-            HEAD_DIM=D,
-            MODE=mode,
+            *args,
             HAS_SINK=spec.has_sink,
             EXTRA=spec.extra,
             SCALE=spec.scale,
             STORE_RAW=store_raw,
             STATS_ONLY=stats_only,
             SCALE_POS=spec.sm_scale > 0,
-            FAST_SIGMOID=_fast_sigmoid(q),
-            DOT_PREC=_dot_precision(q.dtype),
+            **switches,
         )
 
     if spec.mode == _CLIP:
@@ -155,25 +155,10 @@ def _key_mass(q: Tensor, k: Tensor, lse: Tensor | None, spec: _Spec) -> Tensor:
     """sum_i W_ij per key j ([B, H, T] fp32), W the weights applied to v (sink / slot excluded)."""
     B, H, T, D = q.shape
     mass = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)
-    attn_key_mass_kernel[grid](
-        q,
-        k,
-        lse if lse is not None else mass,
-        mass,
-        *_strides3(q),
-        *_strides3(k),
-        B,
-        H,
-        T,
-        spec.qk_scale,
-        math.log2(T),
-        spec.clip_a,
-        spec.clip_g,
-        HEAD_DIM=D,
-        MODE=spec.mode,
-        FAST_SIGMOID=_fast_sigmoid(q),
-        DOT_PREC=_dot_precision(q.dtype),
+    args, switches = _score_args(q, spec, spec.mode)
+    lse = mass if lse is None else lse  # (sigmoid: no LSE, not read)
+    attn_key_mass_kernel[_grid(q, "BLOCK_N")](
+        q, k, lse, mass, *_strides3(q), *_strides3(k), *args, **switches
     )
     return mass
 
@@ -210,28 +195,18 @@ def _backward(
     dscale = torch.empty(scale.shape, **f32) if scale_grad else None
     # dQ is summed atomically over key blocks in fp32; the preprocess seeds it with de k'.
     dq_acc = (torch.empty if has_extra else torch.zeros)(B, H, T, D, **f32)
-    prec = _dot_precision(q.dtype)
-
-    def dummy(x: Tensor | None) -> Tensor:
-        return q if x is None else x
 
     if spec.mode != _SIGMOID or spec.scale != _NO_SCALE:
         attn_bwd_preprocess_kernel[(n_pre * B * H,)](
             dy,
             o_saved,
-            dummy(scale),
+            _or_q(q, scale),
             do,
-            dummy(delta),
-            dummy(lse),
-            dummy(e2),
+            *(_or_q(q, x) for x in (delta, lse, e2)),
             q,
-            dummy(ek),
-            dummy(ev),
-            dummy(de),
+            *(_or_q(q, x) for x in (ek, ev, de)),
             dq_acc,
-            dummy(part_ek),
-            dummy(part_ev),
-            dummy(dscale),
+            *(_or_q(q, x) for x in (part_ek, part_ev, dscale)),
             *_strides3(dy),
             *_strides3(o_saved),
             *_strides3(scale),
@@ -248,62 +223,34 @@ def _backward(
             SCALE_GRAD=scale_grad,
             BLOCK_M=PRE_BLOCK_M,
         )
+    qkv_strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do))
     if spec.mode == _CLIP:  # Delta_i = sum_j P_ij dP_ij needs its own pass over the keys
-        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]) * B * H,)
-        attn_clip_delta_kernel[grid](
-            q,
-            k,
-            v,
-            do,
-            lse,
-            delta,
-            *_strides3(q),
-            *_strides3(k),
-            *_strides3(v),
-            *_strides3(do),
-            B,
-            H,
-            T,
-            spec.qk_scale,
-            spec.clip_a,
-            spec.clip_g,
-            HEAD_DIM=D,
-            DOT_PREC=prec,
+        args, switches = _score_args(q, spec, None)
+        attn_clip_delta_kernel[_grid(q, "BLOCK_M")](
+            q, k, v, do, lse, delta, *qkv_strides, *args, **switches
         )
 
     dq = dk = dv = None
     if any(needs[:3]):
         # One kernel gives all three (dQ comes from the same tiles as dK, dV).
         dk, dv = _empty_like_layout(k), _empty_like_layout(v)
-        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_N"]) * B * H,)
-        attn_bwd_kernel[grid](
+        args, switches = _score_args(q, spec, spec.mode)
+        attn_bwd_kernel[_grid(q, "BLOCK_N")](
             q,
             k,
             v,
             do,
-            dummy(lse),
-            dummy(delta),
+            _or_q(q, lse),
+            _or_q(q, delta),
             dq_acc,
             dk,
             dv,
-            *_strides3(q),
-            *_strides3(k),
-            *_strides3(v),
-            *_strides3(do),
+            *qkv_strides,
             *_strides3(dk),
             *_strides3(dv),
-            B,
-            H,
-            T,
-            spec.qk_scale,
+            *args,
             spec.sm_scale,
-            math.log2(T),
-            spec.clip_a,
-            spec.clip_g,
-            HEAD_DIM=D,
-            MODE=spec.mode,
-            FAST_SIGMOID=_fast_sigmoid(q),
-            DOT_PREC=prec,
+            **switches,
         )
         if needs[0]:
             dq = _empty_like_layout(q).copy_(dq_acc.mul_(spec.sm_scale))
@@ -311,7 +258,7 @@ def _backward(
     dsink = dek = dev_ = None
     if spec.has_sink and needs[3]:
         # dz_h = -sum_{b,i} P_sink[b,h,i] Delta[b,h,i], P_sink = exp(z_h - LSE)
-        z2 = sink.float()[None, :, None] * LOG2E.value
+        z2 = sink.float()[None, :, None] * LOG2E
         dsink = -(torch.exp2(z2 - lse) * delta).sum(dim=(0, 2)).to(sink.dtype)
     if has_extra:
         if needs[4]:

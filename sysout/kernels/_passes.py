@@ -18,39 +18,26 @@ from ._common import (
     MODE_CLIP,
     MODE_SIGMOID,
     autotune,
+    clip01,
     delta_configs,
+    load_if,
+    load_rows,
     mass_configs,
-    program_block,
+    program_rows,
     sigmoid_weights,
-    tile_offsets,
     tile_offsets_t,
 )
 
 
 @triton.jit
-def _mass_inner(
-    mass,
-    k,
-    Q_base,
-    LSE_row,
-    stride_qt,
-    offs_n,
-    offs_d,
-    lo,
-    hi,
-    T,
-    qk_scale,
-    log2_tk,
-    clip_a,
-    clip_g,
-    BLOCK_M: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    MODE: tl.constexpr,
-    FAST_SIGMOID: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+def _mass_inner(mass, k, qs, LSE_row, offs_n, lo, hi, T, coefs, BLOCK_M, CAUSAL, SW):
+    """Add to mass the weights of queries [lo, hi) on these keys. qs = (Q of this (b, h),
+    stride_qt); coefs = (qk_scale, log2_tk, clip_a, clip_g); SW = (MODE, FAST_SIGMOID, DOT_PREC)."""
+    Q_head, stride_qt = qs
+    qk_scale, log2_tk, clip_a, clip_g = coefs
+    MODE, FAST_SIGMOID, DOT_PREC = SW
     offs_mb = tl.arange(0, BLOCK_M)
-    qT_ptrs = Q_base + tile_offsets_t(lo, stride_qt, offs_mb, offs_d)
+    qT_ptrs = Q_head + tile_offsets_t(lo, stride_qt, offs_mb, tl.arange(0, k.shape[1]))
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_mb
         row_ok = offs_m < T
@@ -62,7 +49,7 @@ def _mass_inner(
             lse = tl.load(LSE_row + offs_m, mask=row_ok, other=0.0)
             wT = tl.math.exp2(qkT * qk_scale - lse[None, :])
             if MODE == MODE_CLIP:
-                wT = tl.minimum(tl.maximum(clip_a * wT + clip_g, 0.0), 1.0)
+                wT = clip01(clip_a * wT + clip_g)
         valid = row_ok[None, :]  # padded queries have q = 0, not weight 0
         if CAUSAL:
             valid = valid & (offs_m[None, :] >= offs_n[:, None])
@@ -100,97 +87,36 @@ def attn_key_mass_kernel(
 ):
     """Mass ([B*H, T], fp32) of BLOCK_N keys of one (batch, head): sum over queries of W."""
     tl.static_assert(BLOCK_N % BLOCK_M == 0)
-    start_n, off_hz = program_block(tl.cdiv(T, BLOCK_N), B * H, False)
-    off_b = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    row0 = off_hz.to(tl.int64) * T
-    lo = start_n * BLOCK_N
-    offs_nb = tl.arange(0, BLOCK_N)
-    offs_n = lo + offs_nb
-    offs_d = tl.arange(0, HEAD_DIM)
-    k_offs = off_b * stride_kb + off_h * stride_kh + tile_offsets(lo, stride_kt, offs_nb, offs_d)
-    k = tl.load(K + k_offs, mask=(offs_n < T)[:, None], other=0.0)
-    Q_base = Q + off_b * stride_qb + off_h * stride_qh
+    off_b, off_h, row0, lo, offs_nb, offs_n, offs_d = program_rows(
+        B, H, T, BLOCK_N, HEAD_DIM, False
+    )
+    col_ok = offs_n < T
+    k = load_rows(K, off_b, off_h, (stride_kb, stride_kh, stride_kt), lo, offs_nb, offs_d, col_ok)
+    qs = (Q + off_b * stride_qb + off_h * stride_qh, stride_qt)
+    coefs = (qk_scale, log2_tk, clip_a, clip_g)
+    sw = (MODE, FAST_SIGMOID, DOT_PREC)
     mass = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # The diagonal block (causal mask), then every query below it.
     hi = tl.minimum(lo + BLOCK_N, T)
-    mass = _mass_inner(
-        mass,
-        k,
-        Q_base,
-        LSE + row0,
-        stride_qt,
-        offs_n,
-        offs_d,
-        lo,
-        hi,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        BLOCK_M,
-        True,
-        MODE,
-        FAST_SIGMOID,
-        DOT_PREC,
-    )
-    mass = _mass_inner(
-        mass,
-        k,
-        Q_base,
-        LSE + row0,
-        stride_qt,
-        offs_n,
-        offs_d,
-        hi,
-        T,
-        T,
-        qk_scale,
-        log2_tk,
-        clip_a,
-        clip_g,
-        BLOCK_M,
-        False,
-        MODE,
-        FAST_SIGMOID,
-        DOT_PREC,
-    )
-    tl.store(Mass + row0 + offs_n, mass, mask=offs_n < T)
+    mass = _mass_inner(mass, k, qs, LSE + row0, offs_n, lo, hi, T, coefs, BLOCK_M, True, sw)
+    mass = _mass_inner(mass, k, qs, LSE + row0, offs_n, hi, T, T, coefs, BLOCK_M, False, sw)
+    tl.store(Mass + row0 + offs_n, mass, mask=col_ok)
 
 
 @triton.jit
-def _delta_inner(
-    dsum,
-    q,
-    do,
-    lse,
-    K_base,
-    V_base,
-    stride_kt,
-    stride_vt,
-    offs_m,
-    offs_d,
-    lo,
-    hi,
-    T,
-    qk_scale,
-    clip_a,
-    clip_g,
-    BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
+def _delta_inner(dsum, q, do, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MASKED, DOT_PREC):
+    """Add to dsum the terms of keys [lo, hi). kv = (K, V of this (b, h), stride_kt, stride_vt);
+    coefs = (qk_scale, log2_tk, clip_a, clip_g)."""
+    K_head, V_head, stride_kt, stride_vt = kv
+    qk_scale, _, clip_a, clip_g = coefs
     offs_nb = tl.arange(0, BLOCK_N)
-    kT_ptrs = K_base + tile_offsets_t(lo, stride_kt, offs_nb, offs_d)
-    vT_ptrs = V_base + tile_offsets_t(lo, stride_vt, offs_nb, offs_d)
+    offs_d = tl.arange(0, q.shape[1])
+    kT_ptrs = K_head + tile_offsets_t(lo, stride_kt, offs_nb, offs_d)
+    vT_ptrs = V_head + tile_offsets_t(lo, stride_vt, offs_nb, offs_d)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_nb
-        if MASKED:
-            kT = tl.load(kT_ptrs, mask=cols[None, :] < T, other=0.0)
-            vT = tl.load(vT_ptrs, mask=cols[None, :] < T, other=0.0)
-        else:
-            kT = tl.load(kT_ptrs)
-            vT = tl.load(vT_ptrs)
+        kT = load_if(kT_ptrs, cols[None, :] < T, MASKED)
+        vT = load_if(vT_ptrs, cols[None, :] < T, MASKED)
         p = tl.math.exp2(tl.dot(q, kT, input_precision=DOT_PREC) * qk_scale - lse[:, None])
         if MASKED:
             p = tl.where(cols[None, :] <= offs_m[:, None], p, 0.0)
@@ -227,6 +153,7 @@ def attn_clip_delta_kernel(
     H,
     T,
     qk_scale,
+    log2_tk,
     clip_a,
     clip_g,
     HEAD_DIM: tl.constexpr,
@@ -234,68 +161,22 @@ def attn_clip_delta_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Delta_i = sum_j P_ij dP_ij (dP through the clamp) for BLOCK_M queries."""
+    """Delta_i = sum_j P_ij dP_ij (dP through the clamp) for BLOCK_M queries (log2_tk unused:
+    the launcher passes every score kernel the same scalars)."""
     tl.static_assert(BLOCK_M % BLOCK_N == 0)
-    start_m, off_hz = program_block(tl.cdiv(T, BLOCK_M), B * H, True)
-    off_b = (off_hz // H).to(tl.int64)
-    off_h = (off_hz % H).to(tl.int64)
-    row0 = off_hz.to(tl.int64) * T
-    lo = start_m * BLOCK_M
-    offs_mb = tl.arange(0, BLOCK_M)
-    offs_m = lo + offs_mb
-    offs_d = tl.arange(0, HEAD_DIM)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d = program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
     row_ok = offs_m < T
-    q_offs = off_b * stride_qb + off_h * stride_qh + tile_offsets(lo, stride_qt, offs_mb, offs_d)
-    q = tl.load(Q + q_offs, mask=row_ok[:, None], other=0.0)
-    do_offs = (
-        off_b * stride_dob + off_h * stride_doh + tile_offsets(lo, stride_dot, offs_mb, offs_d)
+    q = load_rows(Q, off_b, off_h, (stride_qb, stride_qh, stride_qt), lo, offs_mb, offs_d, row_ok)
+    do = load_rows(
+        DO, off_b, off_h, (stride_dob, stride_doh, stride_dot), lo, offs_mb, offs_d, row_ok
     )
-    do = tl.load(DO + do_offs, mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=0.0)
-    K_base = K + off_b * stride_kb + off_h * stride_kh
-    V_base = V + off_b * stride_vb + off_h * stride_vh
+    K_head = K + off_b * stride_kb + off_h * stride_kh
+    kv = (K_head, V + off_b * stride_vb + off_h * stride_vh, stride_kt, stride_vt)
+    coefs = (qk_scale, log2_tk, clip_a, clip_g)
     dsum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    dsum = _delta_inner(
-        dsum,
-        q,
-        do,
-        lse,
-        K_base,
-        V_base,
-        stride_kt,
-        stride_vt,
-        offs_m,
-        offs_d,
-        0,
-        lo,
-        T,
-        qk_scale,
-        clip_a,
-        clip_g,
-        BLOCK_N,
-        False,
-        DOT_PREC,
-    )
+    # Keys left of the diagonal block (no mask), then the diagonal block.
     hi = tl.minimum(lo + BLOCK_M, T)
-    dsum = _delta_inner(
-        dsum,
-        q,
-        do,
-        lse,
-        K_base,
-        V_base,
-        stride_kt,
-        stride_vt,
-        offs_m,
-        offs_d,
-        lo,
-        hi,
-        T,
-        qk_scale,
-        clip_a,
-        clip_g,
-        BLOCK_N,
-        True,
-        DOT_PREC,
-    )
+    dsum = _delta_inner(dsum, q, do, lse, kv, offs_m, 0, lo, T, coefs, BLOCK_N, False, DOT_PREC)
+    dsum = _delta_inner(dsum, q, do, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, True, DOT_PREC)
     tl.store(Delta + row0 + offs_m, dsum, mask=row_ok)
