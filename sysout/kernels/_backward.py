@@ -32,6 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import (
     EXTRA_KV,
     EXTRA_NONE,
@@ -45,15 +46,6 @@ from ._common import (
     SCALE_NONE,
     autotune,
     bwd_configs,
-    clip01,
-    load_if,
-    load_rows,
-    load_scale,
-    program_rows,
-    sigmoid_weights,
-    store_rows,
-    tile_offsets,
-    tile_offsets_t,
 )
 
 
@@ -106,20 +98,20 @@ def attn_bwd_preprocess_kernel(
     Delta = rowsum(dO * O) = rowsum(dY * Y). The scale's gradient needs O itself (Y / S would
     divide by zero where S = 0), so SCALE_GRAD requires SAVED_RAW.
     """
-    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d = program_rows(
-        B, H, T, BLOCK_M, HEAD_DIM, False
-    )
-    row_ok = offs_m < T
+    rows = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, False)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = rows
     mask2 = row_ok[:, None]
-    dy = load_rows(DY, off_b, off_h, (stride_yb, stride_yh, stride_yt), lo, offs_mb, offs_d, row_ok)
-    dy = dy.to(tl.float32)
-    o_strides = (stride_ob, stride_oh, stride_ot)
-    x = load_rows(OSaved, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok).to(tl.float32)
+    y_strides, o_strides = (stride_yb, stride_yh, stride_yt), (stride_ob, stride_oh, stride_ot)
+    dy = _common.load_rows(DY, off_b, off_h, y_strides, lo, offs_mb, offs_d, row_ok)
+    x = _common.load_rows(OSaved, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)
+    dy, x = dy.to(tl.float32), x.to(tl.float32)
 
     do = dy
     if SCALE != SCALE_NONE:
         s_strides = (stride_sb, stride_sh, stride_st)
-        do = dy * load_scale(Scale, off_b, off_h, s_strides, lo, offs_mb, offs_d, row_ok, SCALE)
+        do = dy * _common.load_scale(
+            Scale, off_b, off_h, s_strides, lo, offs_mb, offs_d, row_ok, SCALE
+        )
         if SCALE_GRAD:
             if SCALE == SCALE_HEAD:
                 tl.store(DScale + row0 + offs_m, tl.sum(dy * x, 1), mask=row_ok)
@@ -127,7 +119,7 @@ def attn_bwd_preprocess_kernel(
                 ds_offs = (row0 + offs_m[:, None]) * HEAD_DIM + offs_d[None, :]
                 tl.store(DScale + ds_offs, dy * x, mask=mask2)
         do_strides = (stride_db, stride_dh, stride_dt)
-        store_rows(DO, do, off_b, off_h, do_strides, lo, offs_mb, offs_d, row_ok)
+        _common.store_rows(DO, do, off_b, off_h, do_strides, lo, offs_mb, offs_d, row_ok)
 
     if MODE != MODE_SIGMOID:
         delta = tl.sum(do * x, 1) if SAVED_RAW else tl.sum(dy * x, 1)
@@ -152,14 +144,15 @@ def attn_bwd_preprocess_kernel(
             # dk' = sm_scale * sum_i de_i q_i and dv' = sum_i p0_i dO_i (summed on the host:
             # deterministic, unlike atomics). Padded rows have q = dO = 0.
             q_strides = (stride_qb, stride_qh, stride_qt)
-            q = load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok).to(tl.float32)
+            q = _common.load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok)
+            q = q.to(tl.float32)
             part = ((off_b * H + off_h) * tl.cdiv(T, BLOCK_M) + lo // BLOCK_M) * HEAD_DIM + offs_d
             tl.store(PartEK + part, tl.sum(de[:, None] * q, 0))
             tl.store(PartEV + part, tl.sum(p0[:, None] * do, 0))
             # The logit e = sm_scale q.k' sends de k' back to q: seed the dQ accumulator with it
             # (the main kernel adds dS K atomically; the launcher scales the sum by sm_scale).
             ek = tl.load(EK + off_h * HEAD_DIM + offs_d).to(tl.float32)
-            dq_offs = tile_offsets(row0 + lo, HEAD_DIM, offs_mb, offs_d)
+            dq_offs = _common.tile_offsets(row0 + lo, HEAD_DIM, offs_mb, offs_d)
             tl.store(DQ + dq_offs, de[:, None] * ek[None, :], mask=mask2)
         if MODE == MODE_SOFTMAX:  # the clipped softmax gets its Delta from its own pass
             tl.store(Delta + row0 + offs_m, delta, mask=row_ok)
@@ -182,20 +175,20 @@ def _bwd_inner(dk, dv, k, v, qs, rows, offs_n, lo, hi, T, coefs, BLOCK_M, MASK, 
     HEAD_DIM: tl.constexpr = k.shape[1]
     offs_d = tl.arange(0, HEAD_DIM)
     offs_mb = tl.arange(0, BLOCK_M)
-    qT_ptrs = Q_base + tile_offsets_t(lo, stride_qt, offs_mb, offs_d)
-    do_ptrs = DO_base + tile_offsets(lo, stride_dot, offs_mb, offs_d)
-    dq_ptrs = DQ_base + tile_offsets(lo, HEAD_DIM, offs_mb, offs_d)
+    qT_ptrs = Q_base + _common.tile_offsets_t(lo, stride_qt, offs_mb, offs_d)
+    do_ptrs = DO_base + _common.tile_offsets(lo, stride_dot, offs_mb, offs_d)
+    dq_ptrs = DQ_base + _common.tile_offsets(lo, HEAD_DIM, offs_mb, offs_d)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + offs_mb
         row_ok = offs_m < T
         # Padded queries (>= T) load q = dO = 0 and so add nothing to dK / dV; their dQ is
         # masked out of the atomic add.
-        qT = load_if(qT_ptrs, row_ok[None, :], MASK != MASK_NONE)
-        do = load_if(do_ptrs, row_ok[:, None], MASK != MASK_NONE)
+        qT = _common.load_if(qT_ptrs, row_ok[None, :], MASK != MASK_NONE)
+        do = _common.load_if(do_ptrs, row_ok[:, None], MASK != MASK_NONE)
         qkT = tl.dot(k, qT, input_precision=DOT_PREC)
         if MODE == MODE_SIGMOID:
-            pT = sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
+            pT = _common.sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
         else:
             lse = tl.load(LSE_row + offs_m, mask=row_ok, other=0.0)
             pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
@@ -205,7 +198,7 @@ def _bwd_inner(dk, dv, k, v, qs, rows, offs_n, lo, hi, T, coefs, BLOCK_M, MASK, 
         wT = pT  # the weights applied to v
         if MODE == MODE_CLIP:
             xT = clip_a * pT + clip_g
-            wT = clip01(xT)
+            wT = _common.clip01(xT)
             if MASK == MASK_CAUSAL:
                 wT = tl.where(valid, wT, 0.0)
 
@@ -283,11 +276,11 @@ def attn_bwd_kernel(
     into DQ: fp32 [B, H, T, d], contiguous, zeroed or seeded by the preprocess)."""
     tl.static_assert(BLOCK_N % BLOCK_M == 0)  # the diagonal block is walked in BLOCK_M steps
     # Key blocks from the first: the first sees every query, so the longest run first.
-    nb = program_rows(B, H, T, BLOCK_N, HEAD_DIM, False)
-    off_b, off_h, row0, lo, offs_nb, offs_n, offs_d = nb
-    col_ok = offs_n < T
-    k = load_rows(K, off_b, off_h, (stride_kb, stride_kh, stride_kt), lo, offs_nb, offs_d, col_ok)
-    v = load_rows(V, off_b, off_h, (stride_vb, stride_vh, stride_vt), lo, offs_nb, offs_d, col_ok)
+    cols = _common.program_rows(B, H, T, BLOCK_N, HEAD_DIM, False)
+    off_b, off_h, row0, lo, offs_nb, offs_n, offs_d, col_ok = cols
+    k_strides, v_strides = (stride_kb, stride_kh, stride_kt), (stride_vb, stride_vh, stride_vt)
+    k = _common.load_rows(K, off_b, off_h, k_strides, lo, offs_nb, offs_d, col_ok)
+    v = _common.load_rows(V, off_b, off_h, v_strides, lo, offs_nb, offs_d, col_ok)
     Q_base = Q + off_b * stride_qb + off_h * stride_qh
     DO_base = DO + off_b * stride_dob + off_h * stride_doh
     qs = (Q_base, DO_base, DQ + row0 * HEAD_DIM, stride_qt, stride_dot)
@@ -312,7 +305,7 @@ def attn_bwd_kernel(
     )
 
     dk_strides = (stride_dkb, stride_dkh, stride_dkt)
-    store_rows(DK, dk * sm_scale, off_b, off_h, dk_strides, lo, offs_nb, offs_d, col_ok)
-    store_rows(
+    _common.store_rows(DK, dk * sm_scale, off_b, off_h, dk_strides, lo, offs_nb, offs_d, col_ok)
+    _common.store_rows(
         DV, dv, off_b, off_h, (stride_dvb, stride_dvh, stride_dvt), lo, offs_nb, offs_d, col_ok
     )

@@ -218,16 +218,17 @@ def sigmoid_weights(qk, qk_scale, log2_tk, FAST: tl.constexpr):
 def program_rows(B, H, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HEAVY_FIRST: tl.constexpr):
     """This program's BLOCK rows (queries or keys) of one (batch, head), see ``program_block``.
 
-    Returns (off_b, off_h, row0, lo, offs_b, offs, offs_d): the batch and head (64-bit), where
-    this (b, h) starts in a [B*H, T] array (64-bit), the first row, arange(BLOCK), lo + that and
-    arange(HEAD_DIM).
+    Returns (off_b, off_h, row0, lo, offs_b, offs, offs_d, ok): the batch and head (64-bit),
+    where this (b, h) starts in a [B*H, T] array (64-bit), the first row, arange(BLOCK), the rows
+    (lo + arange(BLOCK)), arange(HEAD_DIM) and which rows are real (< T).
     """
     block, off_hz = program_block(tl.cdiv(T, BLOCK), B * H, HEAVY_FIRST)
     lo = block * BLOCK
     offs_b = tl.arange(0, BLOCK)
     row0 = off_hz.to(tl.int64) * T
     off_b, off_h = (off_hz // H).to(tl.int64), (off_hz % H).to(tl.int64)
-    return off_b, off_h, row0, lo, offs_b, lo + offs_b, tl.arange(0, HEAD_DIM)
+    offs = lo + offs_b
+    return off_b, off_h, row0, lo, offs_b, offs, tl.arange(0, HEAD_DIM), offs < T
 
 
 @triton.jit

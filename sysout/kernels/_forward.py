@@ -15,6 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import (
     EXTRA_CONTEXT,
     EXTRA_KV,
@@ -25,16 +26,7 @@ from ._common import (
     MODE_SOFTMAX,
     SCALE_NONE,
     autotune,
-    clip01,
     fwd_configs,
-    load_if,
-    load_rows,
-    load_scale,
-    program_rows,
-    sigmoid_weights,
-    store_rows,
-    tile_offsets,
-    tile_offsets_t,
 )
 
 
@@ -50,12 +42,12 @@ def _fwd_inner(acc, l_i, m_i, q, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MAS
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, q.shape[1])
     # K is read transposed ([d, BLOCK_N]) straight from memory: no in-register transpose.
-    kT_ptrs = K_head + tile_offsets_t(lo, stride_kt, offs_n, offs_d)
-    v_ptrs = V_head + tile_offsets(lo, stride_vt, offs_n, offs_d)
+    kT_ptrs = K_head + _common.tile_offsets_t(lo, stride_kt, offs_n, offs_d)
+    v_ptrs = V_head + _common.tile_offsets(lo, stride_vt, offs_n, offs_d)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        kT = load_if(kT_ptrs, cols[None, :] < T, MASKED)
+        kT = _common.load_if(kT_ptrs, cols[None, :] < T, MASKED)
         qk = tl.dot(q, kT, input_precision=DOT_PREC)
         if MASKED:
             # Rows past T are never stored, so only the causal half of the mask is needed:
@@ -82,15 +74,15 @@ def _fwd_inner(acc, l_i, m_i, q, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MAS
             m_i = m_new
         else:
             if MODE == MODE_SIGMOID:
-                p = sigmoid_weights(qk, qk_scale, log2_tk, FAST_SIGMOID)
+                p = _common.sigmoid_weights(qk, qk_scale, log2_tk, FAST_SIGMOID)
             else:
                 # Clipped softmax, second pass: normalised p from the stored LSE, then clamp.
-                p = clip01(clip_a * tl.math.exp2(qk * qk_scale - lse[:, None]) + clip_g)
+                p = _common.clip01(clip_a * tl.math.exp2(qk * qk_scale - lse[:, None]) + clip_g)
             if MASKED:
                 p = tl.where(valid, p, 0.0)
 
         if not STATS_ONLY:
-            v = load_if(v_ptrs, cols[:, None] < T, MASKED)
+            v = _common.load_if(v_ptrs, cols[:, None] < T, MASKED)
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         kT_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
@@ -157,10 +149,10 @@ def attn_fwd_kernel(
     STATS_ONLY computes the LSE alone (first pass of the clipped softmax).
     """
     tl.static_assert(BLOCK_M % BLOCK_N == 0)  # the diagonal block is walked in BLOCK_N steps
-    rows = program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
-    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d = rows  # row0: this (b, h) in LSE / E
-    row_ok = offs_m < T
-    q = load_rows(Q, off_b, off_h, (stride_qb, stride_qh, stride_qt), lo, offs_mb, offs_d, row_ok)
+    rows = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = rows  # row0: (b, h) in LSE / E
+    q_strides = (stride_qb, stride_qh, stride_qt)
+    q = _common.load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -217,8 +209,10 @@ def attn_fwd_kernel(
                 o = o + p0[:, None] * ev[None, :]
         o_strides = (stride_ob, stride_oh, stride_ot)
         if STORE_RAW:
-            store_rows(OutRaw, o, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)
+            _common.store_rows(OutRaw, o, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)
         if SCALE != SCALE_NONE:
             s_strides = (stride_sb, stride_sh, stride_st)
-            o = o * load_scale(Scale, off_b, off_h, s_strides, lo, offs_mb, offs_d, row_ok, SCALE)
-        store_rows(Out, o, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)
+            o = o * _common.load_scale(
+                Scale, off_b, off_h, s_strides, lo, offs_mb, offs_d, row_ok, SCALE
+            )
+        _common.store_rows(Out, o, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)

@@ -14,19 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import (
-    MODE_CLIP,
-    MODE_SIGMOID,
-    autotune,
-    clip01,
-    delta_configs,
-    load_if,
-    load_rows,
-    mass_configs,
-    program_rows,
-    sigmoid_weights,
-    tile_offsets_t,
-)
+from . import _common
+from ._common import MODE_CLIP, MODE_SIGMOID, autotune, delta_configs, mass_configs
 
 
 @triton.jit
@@ -37,19 +26,19 @@ def _mass_inner(mass, k, qs, LSE_row, offs_n, lo, hi, T, coefs, BLOCK_M, CAUSAL,
     qk_scale, log2_tk, clip_a, clip_g = coefs
     MODE, FAST_SIGMOID, DOT_PREC = SW
     offs_mb = tl.arange(0, BLOCK_M)
-    qT_ptrs = Q_head + tile_offsets_t(lo, stride_qt, offs_mb, tl.arange(0, k.shape[1]))
+    qT_ptrs = Q_head + _common.tile_offsets_t(lo, stride_qt, offs_mb, tl.arange(0, k.shape[1]))
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_mb
         row_ok = offs_m < T
         qT = tl.load(qT_ptrs, mask=row_ok[None, :], other=0.0)
         qkT = tl.dot(k, qT, input_precision=DOT_PREC)
         if MODE == MODE_SIGMOID:
-            wT = sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
+            wT = _common.sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
         else:
             lse = tl.load(LSE_row + offs_m, mask=row_ok, other=0.0)
             wT = tl.math.exp2(qkT * qk_scale - lse[None, :])
             if MODE == MODE_CLIP:
-                wT = clip01(clip_a * wT + clip_g)
+                wT = _common.clip01(clip_a * wT + clip_g)
         valid = row_ok[None, :]  # padded queries have q = 0, not weight 0
         if CAUSAL:
             valid = valid & (offs_m[None, :] >= offs_n[:, None])
@@ -87,11 +76,10 @@ def attn_key_mass_kernel(
 ):
     """Mass ([B*H, T], fp32) of BLOCK_N keys of one (batch, head): sum over queries of W."""
     tl.static_assert(BLOCK_N % BLOCK_M == 0)
-    off_b, off_h, row0, lo, offs_nb, offs_n, offs_d = program_rows(
-        B, H, T, BLOCK_N, HEAD_DIM, False
-    )
-    col_ok = offs_n < T
-    k = load_rows(K, off_b, off_h, (stride_kb, stride_kh, stride_kt), lo, offs_nb, offs_d, col_ok)
+    cols = _common.program_rows(B, H, T, BLOCK_N, HEAD_DIM, False)
+    off_b, off_h, row0, lo, offs_nb, offs_n, offs_d, col_ok = cols
+    k_strides = (stride_kb, stride_kh, stride_kt)
+    k = _common.load_rows(K, off_b, off_h, k_strides, lo, offs_nb, offs_d, col_ok)
     qs = (Q + off_b * stride_qb + off_h * stride_qh, stride_qt)
     coefs = (qk_scale, log2_tk, clip_a, clip_g)
     sw = (MODE, FAST_SIGMOID, DOT_PREC)
@@ -111,12 +99,12 @@ def _delta_inner(dsum, q, do, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MASKED
     qk_scale, _, clip_a, clip_g = coefs
     offs_nb = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, q.shape[1])
-    kT_ptrs = K_head + tile_offsets_t(lo, stride_kt, offs_nb, offs_d)
-    vT_ptrs = V_head + tile_offsets_t(lo, stride_vt, offs_nb, offs_d)
+    kT_ptrs = K_head + _common.tile_offsets_t(lo, stride_kt, offs_nb, offs_d)
+    vT_ptrs = V_head + _common.tile_offsets_t(lo, stride_vt, offs_nb, offs_d)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_nb
-        kT = load_if(kT_ptrs, cols[None, :] < T, MASKED)
-        vT = load_if(vT_ptrs, cols[None, :] < T, MASKED)
+        kT = _common.load_if(kT_ptrs, cols[None, :] < T, MASKED)
+        vT = _common.load_if(vT_ptrs, cols[None, :] < T, MASKED)
         p = tl.math.exp2(tl.dot(q, kT, input_precision=DOT_PREC) * qk_scale - lse[:, None])
         if MASKED:
             p = tl.where(cols[None, :] <= offs_m[:, None], p, 0.0)
@@ -164,12 +152,11 @@ def attn_clip_delta_kernel(
     """Delta_i = sum_j P_ij dP_ij (dP through the clamp) for BLOCK_M queries (log2_tk unused:
     the launcher passes every score kernel the same scalars)."""
     tl.static_assert(BLOCK_M % BLOCK_N == 0)
-    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d = program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
-    row_ok = offs_m < T
-    q = load_rows(Q, off_b, off_h, (stride_qb, stride_qh, stride_qt), lo, offs_mb, offs_d, row_ok)
-    do = load_rows(
-        DO, off_b, off_h, (stride_dob, stride_doh, stride_dot), lo, offs_mb, offs_d, row_ok
-    )
+    rows = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = rows
+    q_strides, do_strides = (stride_qb, stride_qh, stride_qt), (stride_dob, stride_doh, stride_dot)
+    q = _common.load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok)
+    do = _common.load_rows(DO, off_b, off_h, do_strides, lo, offs_mb, offs_d, row_ok)
     lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=0.0)
     K_head = K + off_b * stride_kb + off_h * stride_kh
     kv = (K_head, V + off_b * stride_vb + off_h * stride_vh, stride_kt, stride_vt)
