@@ -24,7 +24,7 @@ sweep: install
 # The CPU laboratory (docs/lab.md): ten variants x two seeds on Bigram-Backcopy with BOS, a
 # subset without BOS, the longer runs; one thread per run, two at a time; then the report.
 LAB_OUT ?= outputs/lab/sink_lab
-LAB_ARGS ?= --nobos-variants softmax,sigmoid,kv_bias,sink_logit --longer-variants softmax,kv_bias
+LAB_ARGS ?= --nobos-variants softmax,sigmoid,kv_bias,sink_logit
 lab: install
 	$(PYTHON) -m sysout.lab.sweep --out $(LAB_OUT) --jobs 2 $(LAB_ARGS)
 	$(PYTHON) -m sysout.lab.report $(LAB_OUT) --md docs/results/sink-lab.md

@@ -100,7 +100,7 @@ def _span(values: list[float]) -> str:
 
 
 def _verdict(ok: bool, values: list[float], no: str = "not supported") -> str:
-    return "not tested (no run)" if not values else ("supported" if ok else no)
+    return "not tested" if not values else ("supported" if ok else no)
 
 
 def claims(main: list[LabRunResult], nobos: list[LabRunResult], longer) -> list[str]:
@@ -211,8 +211,9 @@ def write_report(out: Path, md: Path, windows: int = 8) -> Path:
         " batch 32, 50 warmup steps then constant.",
         "",
         f"Runs: {len(main)} with BOS, {len(nobos)} without, {len(longer)} longer; "
-        f"{total / 60:.0f} CPU-thread minutes in all (one thread per run); last sweep wall time "
-        f"{sweep.get('wall_s', float('nan')) / 60:.0f} min. Machine: {platform.machine()}, "
+        f"{total / 60:.0f} minutes of run time in all (one thread per run, two at a time); "
+        f"sweep wall time {sweep.get('wall_s', float('nan')) / 60:.0f} min "
+        f"({len(sweep.get('sweeps', [sweep]))} invocation(s)). Machine: {platform.machine()}, "
         f"torch {torch.__version__}. Sink statistics from: {', '.join(sources)} "
         f"({windows} fixed validation sequences).",
         "",

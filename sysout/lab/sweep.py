@@ -105,6 +105,17 @@ def run_one(run: LabRun, out: Path, extra: list[str] | None = None, threads: int
     return info
 
 
+def record_sweep(path: Path, wall_s: float, runs: int, failed: int) -> None:
+    """Append this invocation to the sweep's history (a resumed or extended sweep adds up)."""
+    history = json.loads(path.read_text()) if path.is_file() else {}
+    if "sweeps" not in history:  # the first invocation, or a single-record file
+        history = {"sweeps": [history] if history else []}
+    entry = {"wall_s": round(wall_s, 1), "runs": runs, "failed": failed}
+    history["sweeps"].append({**entry, "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+    history["wall_s"] = round(sum(s["wall_s"] for s in history["sweeps"]), 1)
+    path.write_text(json.dumps(history, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "lab" / "sink_lab")
@@ -153,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda r: run_one(r, args.out, args.extra), runs))
     failed = [r for r in results if r["returncode"] != 0]
-    (args.out / "sweep.json").write_text(
-        json.dumps({"wall_s": round(time.time() - start, 1), "runs": len(runs)}, indent=1)
-    )
+    record_sweep(args.out / "sweep.json", time.time() - start, len(runs), len(failed))
     print(f"sweep done in {time.time() - start:.0f} s; {len(failed)} failed", flush=True)
     return 1 if failed else 0
 
