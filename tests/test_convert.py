@@ -9,6 +9,7 @@ import torch
 import transformers as T
 
 from sysout.evaluation import load_checkpoint
+from sysout.evaluation.export import main as export_main
 from sysout.model import build_gpt
 from sysout.model.convert import (
     ConversionError,
@@ -16,7 +17,6 @@ from sysout.model.convert import (
     hf_gpt2_from_sysout,
     sysout_from_hf_gpt2,
 )
-from sysout.evaluation.export import main as export_main
 from sysout.training.module import GPTLitModule
 
 TINY = dict(n_layer=3, n_head=2, n_embd=16, block_size=32, vocab_size=50304)
