@@ -98,13 +98,15 @@ def attn_bwd_preprocess_kernel(
     Delta = rowsum(dO * O) = rowsum(dY * Y). The scale's gradient needs O itself (Y / S would
     divide by zero where S = 0), so SCALE_GRAD requires SAVED_RAW.
     """
-    rows = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, False)
+    n_blocks = tl.cdiv(T, BLOCK_M)
+    start_m, off_hz = _common.program_block(n_blocks, B * H, False)  # (both kept for PartEK/EV)
+    rows = _common.block_rows(start_m, off_hz, H, T, BLOCK_M, HEAD_DIM)
     off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = rows
     mask2 = row_ok[:, None]
     y_strides, o_strides = (stride_yb, stride_yh, stride_yt), (stride_ob, stride_oh, stride_ot)
-    dy = _common.load_rows(DY, off_b, off_h, y_strides, lo, offs_mb, offs_d, row_ok)
+    dy = _common.load_rows(DY, off_b, off_h, y_strides, lo, offs_mb, offs_d, row_ok).to(tl.float32)
     x = _common.load_rows(OSaved, off_b, off_h, o_strides, lo, offs_mb, offs_d, row_ok)
-    dy, x = dy.to(tl.float32), x.to(tl.float32)
+    x = x.to(tl.float32)
 
     do = dy
     if SCALE != SCALE_NONE:
@@ -116,8 +118,8 @@ def attn_bwd_preprocess_kernel(
             if SCALE == SCALE_HEAD:
                 tl.store(DScale + row0 + offs_m, tl.sum(dy * x, 1), mask=row_ok)
             else:
-                ds_offs = (row0 + offs_m[:, None]) * HEAD_DIM + offs_d[None, :]
-                tl.store(DScale + ds_offs, dy * x, mask=mask2)
+                ds_rows = DScale + (row0 + offs_m[:, None]) * HEAD_DIM
+                tl.store(ds_rows + offs_d[None, :], dy * x, mask=mask2)
         do_strides = (stride_db, stride_dh, stride_dt)
         _common.store_rows(DO, do, off_b, off_h, do_strides, lo, offs_mb, offs_d, row_ok)
 
@@ -146,7 +148,7 @@ def attn_bwd_preprocess_kernel(
             q_strides = (stride_qb, stride_qh, stride_qt)
             q = _common.load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok)
             q = q.to(tl.float32)
-            part = ((off_b * H + off_h) * tl.cdiv(T, BLOCK_M) + lo // BLOCK_M) * HEAD_DIM + offs_d
+            part = (off_hz.to(tl.int64) * n_blocks + start_m) * HEAD_DIM + offs_d
             tl.store(PartEK + part, tl.sum(de[:, None] * q, 0))
             tl.store(PartEV + part, tl.sum(p0[:, None] * do, 0))
             # The logit e = sm_scale q.k' sends de k' back to q: seed the dQ accumulator with it
@@ -159,26 +161,41 @@ def attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _bwd_inner(dk, dv, k, v, qs, rows, offs_n, lo, hi, T, coefs, BLOCK_M, MASK, SW):
-    """Walk queries [lo, hi) for one key block: five matmuls per tile. Scores are kept
+def _bwd_inner(
+    dk,
+    dv,
+    keys,
+    qs,
+    rows,
+    start,
+    end,
+    T,
+    coefs,
+    BLOCK_M: tl.constexpr,
+    MASK: tl.constexpr,
+    MODE: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Walk queries [start, end) for one key block: five matmuls per tile. Scores are kept
     transposed ([keys, queries]) so that dV = W^T dO and dK = dS^T Q are plain dots.
 
     MASK: MASK_NONE (whole query blocks below the diagonal), MASK_CAUSAL (the diagonal block:
-    causal mask, rows stop at T) or MASK_ROWS (the last, partial query block). qs = (Q, DO, DQ
-    of this (b, h), stride_qt, stride_dot); rows = (LSE, Delta of this (b, h)); coefs =
-    (qk_scale, log2_tk, clip_a, clip_g); SW = (MODE, FAST_SIGMOID, DOT_PREC).
+    causal mask, rows stop at T) or MASK_ROWS (the last, partial query block). keys = (k, v,
+    offs_n) of this program; qs = (Q, DO, DQ of this (b, h), stride_qt, stride_dot); rows =
+    (LSE, Delta of this (b, h)); coefs = (qk_scale, log2_tk, clip_a, clip_g).
     """
     Q_base, DO_base, DQ_base, stride_qt, stride_dot = qs
     LSE_row, Delta_row = rows
     qk_scale, log2_tk, clip_a, clip_g = coefs
-    MODE, FAST_SIGMOID, DOT_PREC = SW
+    k, v, offs_n = keys
     HEAD_DIM: tl.constexpr = k.shape[1]
     offs_d = tl.arange(0, HEAD_DIM)
     offs_mb = tl.arange(0, BLOCK_M)
-    qT_ptrs = Q_base + _common.tile_offsets_t(lo, stride_qt, offs_mb, offs_d)
-    do_ptrs = DO_base + _common.tile_offsets(lo, stride_dot, offs_mb, offs_d)
-    dq_ptrs = DQ_base + _common.tile_offsets(lo, HEAD_DIM, offs_mb, offs_d)
-    for start_m in range(lo, hi, BLOCK_M):
+    qT_ptrs = Q_base + _common.tile_offsets_t(start, stride_qt, offs_mb, offs_d)
+    do_ptrs = DO_base + _common.tile_offsets(start, stride_dot, offs_mb, offs_d)
+    dq_ptrs = DQ_base + _common.tile_offsets(start, HEAD_DIM, offs_mb, offs_d)
+    for start_m in range(start, end, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + offs_mb
         row_ok = offs_m < T
@@ -261,10 +278,10 @@ def attn_bwd_kernel(
     H,
     T,
     qk_scale,
+    sm_scale,
     log2_tk,
     clip_a,
     clip_g,
-    sm_scale,
     HEAD_DIM: tl.constexpr,
     MODE: tl.constexpr,
     FAST_SIGMOID: tl.constexpr,
@@ -284,9 +301,7 @@ def attn_bwd_kernel(
     Q_base = Q + off_b * stride_qb + off_h * stride_qh
     DO_base = DO + off_b * stride_dob + off_h * stride_doh
     qs = (Q_base, DO_base, DQ + row0 * HEAD_DIM, stride_qt, stride_dot)
-    rows = (LSE + row0, Delta + row0)
-    coefs = (qk_scale, log2_tk, clip_a, clip_g)
-    sw = (MODE, FAST_SIGMOID, DOT_PREC)
+    keys = (k, v, offs_n)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -294,14 +309,55 @@ def attn_bwd_kernel(
     # all of them; a last partial block needs its rows masked.
     hi_diag = tl.minimum(lo + BLOCK_N, T)
     hi_full = hi_diag + (T - hi_diag) // BLOCK_M * BLOCK_M
+    rows = (LSE + row0, Delta + row0)
+    coefs = (qk_scale, log2_tk, clip_a, clip_g)
     dk, dv = _bwd_inner(
-        dk, dv, k, v, qs, rows, offs_n, lo, hi_diag, T, coefs, BLOCK_M, MASK_CAUSAL, sw
+        dk,
+        dv,
+        keys,
+        qs,
+        rows,
+        lo,
+        hi_diag,
+        T,
+        coefs,
+        BLOCK_M,
+        MASK_CAUSAL,
+        MODE,
+        FAST_SIGMOID,
+        DOT_PREC,
     )
     dk, dv = _bwd_inner(
-        dk, dv, k, v, qs, rows, offs_n, hi_diag, hi_full, T, coefs, BLOCK_M, MASK_NONE, sw
+        dk,
+        dv,
+        keys,
+        qs,
+        rows,
+        hi_diag,
+        hi_full,
+        T,
+        coefs,
+        BLOCK_M,
+        MASK_NONE,
+        MODE,
+        FAST_SIGMOID,
+        DOT_PREC,
     )
     dk, dv = _bwd_inner(
-        dk, dv, k, v, qs, rows, offs_n, hi_full, T, T, coefs, BLOCK_M, MASK_ROWS, sw
+        dk,
+        dv,
+        keys,
+        qs,
+        rows,
+        hi_full,
+        T,
+        T,
+        coefs,
+        BLOCK_M,
+        MASK_ROWS,
+        MODE,
+        FAST_SIGMOID,
+        DOT_PREC,
     )
 
     dk_strides = (stride_dkb, stride_dkh, stride_dkt)

@@ -39,9 +39,9 @@ LN2 = 0.6931471805599453
 LN2_HALF = tl.constexpr(0.34657359027997264)
 
 
-# The interpreter's single config per kernel (see `_configs`) has blocks that are
-# small and deliberately unequal (BLOCK_M != BLOCK_N) so that CPU tests exercise the multi-block
-# loops and the diagonal sub-block logic with short sequences.
+# The interpreter's one config per kernel (see `_configs`) has small and deliberately unequal
+# blocks (BLOCK_M != BLOCK_N) so that CPU tests exercise the multi-block loops and the diagonal
+# sub-block logic with short sequences.
 
 
 # Every GPU config below compiles for sm_90 in bf16 without spilling registers, at the head dims
@@ -163,9 +163,9 @@ def autotune(configs: list[triton.Config], key: list[str], restore_value: list[s
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers shared by the kernels. Triton inlines them (no cost on the GPU) and specialises them on
-# every constexpr argument, annotated or not: the kernels' loop helpers take their upper-case
-# switches plainly, or as a tuple (SW) of the kernel's switches.
+# Helpers shared by the kernels. Triton inlines them (no cost on the GPU). Tuples group runtime
+# values only: a tuple built in a kernel turns its constexprs into tensors (a switch would become
+# a runtime branch), so switches are passed one by one.
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def tile_offsets(start, stride, offs_r, offs_c):
@@ -215,20 +215,29 @@ def sigmoid_weights(qk, qk_scale, log2_tk, FAST: tl.constexpr):
 
 
 @triton.jit
-def program_rows(B, H, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HEAVY_FIRST: tl.constexpr):
-    """This program's BLOCK rows (queries or keys) of one (batch, head), see ``program_block``.
+def block_rows(block, off_hz, H, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The rows [lo, lo + BLOCK) of block `block` of (batch, head) off_hz.
 
     Returns (off_b, off_h, row0, lo, offs_b, offs, offs_d, ok): the batch and head (64-bit),
     where this (b, h) starts in a [B*H, T] array (64-bit), the first row, arange(BLOCK), the rows
     (lo + arange(BLOCK)), arange(HEAD_DIM) and which rows are real (< T).
     """
-    block, off_hz = program_block(tl.cdiv(T, BLOCK), B * H, HEAVY_FIRST)
+    # (The order of the steps is the kernels' former inline order: same IR, same schedule.)
+    off_b = (off_hz // H).to(tl.int64)
+    off_h = (off_hz % H).to(tl.int64)
+    row0 = off_hz.to(tl.int64) * T
     lo = block * BLOCK
     offs_b = tl.arange(0, BLOCK)
-    row0 = off_hz.to(tl.int64) * T
-    off_b, off_h = (off_hz // H).to(tl.int64), (off_hz % H).to(tl.int64)
     offs = lo + offs_b
-    return off_b, off_h, row0, lo, offs_b, offs, tl.arange(0, HEAD_DIM), offs < T
+    offs_d = tl.arange(0, HEAD_DIM)
+    return off_b, off_h, row0, lo, offs_b, offs, offs_d, offs < T
+
+
+@triton.jit
+def program_rows(B, H, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HEAVY_FIRST: tl.constexpr):
+    """``block_rows`` of this program's block (see ``program_block``)."""
+    block, off_hz = program_block(tl.cdiv(T, BLOCK), B * H, HEAVY_FIRST)
+    return block_rows(block, off_hz, H, T, BLOCK, HEAD_DIM)
 
 
 @triton.jit
@@ -242,9 +251,19 @@ def head_tile(off_b, off_h, strides, lo, offs_r, offs_d):
 @triton.jit
 def load_rows(X, off_b, off_h, strides, lo, offs_r, offs_d, ok):
     """The ``head_tile`` of X; rows where ``ok`` is false (past T) read as 0."""
-    return tl.load(
-        X + head_tile(off_b, off_h, strides, lo, offs_r, offs_d), mask=ok[:, None], other=0.0
-    )
+    # (Offsets first, in their own statement: Triton emits keyword arguments before positional
+    # ones, and this keeps the kernels' former op order.)
+    offs = head_tile(off_b, off_h, strides, lo, offs_r, offs_d)
+    return tl.load(X + offs, mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def load_tile(X_head, lo, stride_t, offs_r, offs_d, ok):
+    """The [rows, d] tile at row lo of one (batch, head) slice X_head; rows where ``ok`` is false
+    read as 0. (``load_rows`` adds the (b, h) offset to the tile's; the forward and the output
+    scale take a (b, h) base pointer first: each keeps its former address arithmetic.)"""
+    offs = tile_offsets(lo, stride_t, offs_r, offs_d)
+    return tl.load(X_head + offs, mask=ok[:, None], other=0.0)
 
 
 @triton.jit
@@ -258,12 +277,13 @@ def store_rows(X, value, off_b, off_h, strides, lo, offs_r, offs_d, ok):
 def load_scale(Scale, off_b, off_h, strides, lo, offs_r, offs_d, ok, SCALE: tl.constexpr):
     """The output scale of these rows in fp32, broadcastable to their [rows, d] tile: one factor
     per row (SCALE_HEAD, Scale [B, H, T]) or per channel (SCALE_CHANNEL, [B, H, T, d])."""
+    stride_b, stride_h, stride_t = strides
+    S_head = Scale + off_b * stride_b + off_h * stride_h
     if SCALE == SCALE_HEAD:
-        stride_b, stride_h, stride_t = strides
-        S_row = Scale + off_b * stride_b + off_h * stride_h + lo.to(tl.int64) * stride_t
-        s = tl.load(S_row + offs_r * stride_t, mask=ok, other=0.0).to(tl.float32)[:, None]
+        S_rows = S_head + lo.to(tl.int64) * stride_t
+        s = tl.load(S_rows + offs_r * stride_t, mask=ok, other=0.0).to(tl.float32)[:, None]
     else:
-        s = load_rows(Scale, off_b, off_h, strides, lo, offs_r, offs_d, ok).to(tl.float32)
+        s = load_tile(S_head, lo, stride_t, offs_r, offs_d, ok).to(tl.float32)
     return s
 
 

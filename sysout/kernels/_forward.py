@@ -31,20 +31,36 @@ from ._common import (
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MASKED, SW):
-    """Accumulate keys [lo, hi) into (acc, l_i, m_i). MASKED: the diagonal block (causal mask;
-    loads stop at T). kv = (K, V of this (b, h), stride_kt, stride_vt); coefs = (qk_scale,
-    log2_tk, clip_a, clip_g); SW = the kernel's (MODE, STATS_ONLY, SCALE_POS, FAST_SIGMOID,
-    DOT_PREC)."""
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    rows,
+    kv,
+    start,
+    end,
+    T,
+    coefs,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    MODE: tl.constexpr,
+    STATS_ONLY: tl.constexpr,
+    SCALE_POS: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Accumulate keys [start, end) into (acc, l_i, m_i). MASKED: the diagonal block (causal mask;
+    loads stop at T). rows = (q, lse, offs_m) of this program; kv = (K, V of this (b, h),
+    stride_kt, stride_vt); coefs = (qk_scale, log2_tk, clip_a, clip_g)."""
+    q, lse, offs_m = rows
     K_head, V_head, stride_kt, stride_vt = kv
     qk_scale, log2_tk, clip_a, clip_g = coefs
-    MODE, STATS_ONLY, SCALE_POS, FAST_SIGMOID, DOT_PREC = SW
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, q.shape[1])
     # K is read transposed ([d, BLOCK_N]) straight from memory: no in-register transpose.
-    kT_ptrs = K_head + _common.tile_offsets_t(lo, stride_kt, offs_n, offs_d)
-    v_ptrs = V_head + _common.tile_offsets(lo, stride_vt, offs_n, offs_d)
-    for start_n in range(lo, hi, BLOCK_N):
+    kT_ptrs = K_head + _common.tile_offsets_t(start, stride_kt, offs_n, offs_d)
+    v_ptrs = V_head + _common.tile_offsets(start, stride_vt, offs_n, offs_d)
+    for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         kT = _common.load_if(kT_ptrs, cols[None, :] < T, MASKED)
@@ -149,10 +165,12 @@ def attn_fwd_kernel(
     STATS_ONLY computes the LSE alone (first pass of the clipped softmax).
     """
     tl.static_assert(BLOCK_M % BLOCK_N == 0)  # the diagonal block is walked in BLOCK_N steps
-    rows = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
-    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = rows  # row0: (b, h) in LSE / E
-    q_strides = (stride_qb, stride_qh, stride_qt)
-    q = _common.load_rows(Q, off_b, off_h, q_strides, lo, offs_mb, offs_d, row_ok)
+    prog = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
+    off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = prog  # row0: (b, h) in LSE / E
+    Q_base = Q + off_b * stride_qb + off_h * stride_qh
+    K_base = K + off_b * stride_kb + off_h * stride_kh
+    V_base = V + off_b * stride_vb + off_h * stride_vh
+    q = _common.load_tile(Q_base, lo, stride_qt, offs_mb, offs_d, row_ok)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -181,19 +199,47 @@ def attn_fwd_kernel(
             if not STATS_ONLY:
                 acc = w_e[:, None] * ev[None, :]
 
-    K_head = K + off_b * stride_kb + off_h * stride_kh
-    V_head = V + off_b * stride_vb + off_h * stride_vh
-    kv = (K_head, V_head, stride_kt, stride_vt)
+    kv = (K_base, V_base, stride_kt, stride_vt)
     coefs = (qk_scale, log2_tk, clip_a, clip_g)
-    sw = (MODE, STATS_ONLY, SCALE_POS, FAST_SIGMOID, DOT_PREC)
+    rows = (q, lse, offs_m)
     # Keys strictly left of the diagonal block: all valid for every row, no mask.
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, lse, kv, offs_m, 0, lo, T, coefs, BLOCK_N, False, sw
+        acc,
+        l_i,
+        m_i,
+        rows,
+        kv,
+        0,
+        lo,
+        T,
+        coefs,
+        BLOCK_N,
+        False,
+        MODE,
+        STATS_ONLY,
+        SCALE_POS,
+        FAST_SIGMOID,
+        DOT_PREC,
     )
     # The diagonal block, stopping at the sequence end.
     hi = tl.minimum(lo + BLOCK_M, T)
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, True, sw
+        acc,
+        l_i,
+        m_i,
+        rows,
+        kv,
+        lo,
+        hi,
+        T,
+        coefs,
+        BLOCK_N,
+        True,
+        MODE,
+        STATS_ONLY,
+        SCALE_POS,
+        FAST_SIGMOID,
+        DOT_PREC,
     )
 
     if MODE == MODE_SOFTMAX:

@@ -88,16 +88,26 @@ def _or_q(q: Tensor, x: Tensor | None) -> Tensor:
     return q if x is None else x
 
 
-def _score_args(q: Tensor, spec: _Spec, mode: int | None) -> tuple[tuple, dict]:
-    """What every kernel that forms scores takes after its strides: (B, H, T, qk_scale, log2 T,
-    clip_a, clip_g), and the switches HEAD_DIM, DOT_PREC (and MODE, FAST_SIGMOID unless mode is
-    None)."""
+def _score_args(kernel, q: Tensor, spec: _Spec, mode: int) -> dict:
+    """The sizes, score scalars and switches of a kernel that forms scores, by name: each kernel
+    gets those of its parameters among B, H, T, qk_scale, sm_scale, log2_tk, clip_a, clip_g,
+    HEAD_DIM, MODE, FAST_SIGMOID and DOT_PREC."""
     B, H, T, D = q.shape
-    args = (B, H, T, spec.qk_scale, math.log2(T), spec.clip_a, spec.clip_g)
-    switches = {"HEAD_DIM": D, "DOT_PREC": _dot_precision(q.dtype)}
-    if mode is not None:
-        switches.update(MODE=mode, FAST_SIGMOID=_fast_sigmoid(q))
-    return args, switches
+    values = {
+        "B": B,
+        "H": H,
+        "T": T,
+        "qk_scale": spec.qk_scale,
+        "sm_scale": spec.sm_scale,
+        "log2_tk": math.log2(T),
+        "clip_a": spec.clip_a,
+        "clip_g": spec.clip_g,
+        "HEAD_DIM": D,
+        "MODE": mode,
+        "FAST_SIGMOID": _fast_sigmoid(q),
+        "DOT_PREC": _dot_precision(q.dtype),
+    }
+    return {name: values[name] for name in kernel.arg_names if name in values}
 
 
 def _forward(
@@ -120,7 +130,6 @@ def _forward(
     e2 = torch.empty(B, H, T, **f32) if spec.extra != _NO_EXTRA else None
 
     def launch(mode: int, stats_only: bool) -> None:
-        args, switches = _score_args(q, spec, mode)
         extra_ptrs = (raw, lse, e2, sink, ek, ev, scale)
         attn_fwd_kernel[_grid(q, "BLOCK_M")](
             q,
@@ -133,14 +142,13 @@ def _forward(
             *_strides3(v),
             *_strides3(out),
             *_strides3(scale),
-            *args,
             HAS_SINK=spec.has_sink,
             EXTRA=spec.extra,
             SCALE=spec.scale,
             STORE_RAW=store_raw,
             STATS_ONLY=stats_only,
             SCALE_POS=spec.sm_scale > 0,
-            **switches,
+            **_score_args(attn_fwd_kernel, q, spec, mode),
         )
 
     if spec.mode == _CLIP:
@@ -155,10 +163,10 @@ def _key_mass(q: Tensor, k: Tensor, lse: Tensor | None, spec: _Spec) -> Tensor:
     """sum_i W_ij per key j ([B, H, T] fp32), W the weights applied to v (sink / slot excluded)."""
     B, H, T, D = q.shape
     mass = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    args, switches = _score_args(q, spec, spec.mode)
+    scores = _score_args(attn_key_mass_kernel, q, spec, spec.mode)
     lse = mass if lse is None else lse  # (sigmoid: no LSE, not read)
     attn_key_mass_kernel[_grid(q, "BLOCK_N")](
-        q, k, lse, mass, *_strides3(q), *_strides3(k), *args, **switches
+        q, k, lse, mass, *_strides3(q), *_strides3(k), **scores
     )
     return mass
 
@@ -225,16 +233,14 @@ def _backward(
         )
     qkv_strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do))
     if spec.mode == _CLIP:  # Delta_i = sum_j P_ij dP_ij needs its own pass over the keys
-        args, switches = _score_args(q, spec, None)
-        attn_clip_delta_kernel[_grid(q, "BLOCK_M")](
-            q, k, v, do, lse, delta, *qkv_strides, *args, **switches
-        )
+        scores = _score_args(attn_clip_delta_kernel, q, spec, spec.mode)
+        attn_clip_delta_kernel[_grid(q, "BLOCK_M")](q, k, v, do, lse, delta, *qkv_strides, **scores)
 
     dq = dk = dv = None
     if any(needs[:3]):
         # One kernel gives all three (dQ comes from the same tiles as dK, dV).
         dk, dv = _empty_like_layout(k), _empty_like_layout(v)
-        args, switches = _score_args(q, spec, spec.mode)
+        scores = _score_args(attn_bwd_kernel, q, spec, spec.mode)
         attn_bwd_kernel[_grid(q, "BLOCK_N")](
             q,
             k,
@@ -248,9 +254,7 @@ def _backward(
             *qkv_strides,
             *_strides3(dk),
             *_strides3(dv),
-            *args,
-            spec.sm_scale,
-            **switches,
+            **scores,
         )
         if needs[0]:
             dq = _empty_like_layout(q).copy_(dq_acc.mul_(spec.sm_scale))

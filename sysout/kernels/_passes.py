@@ -19,15 +19,29 @@ from ._common import MODE_CLIP, MODE_SIGMOID, autotune, delta_configs, mass_conf
 
 
 @triton.jit
-def _mass_inner(mass, k, qs, LSE_row, offs_n, lo, hi, T, coefs, BLOCK_M, CAUSAL, SW):
-    """Add to mass the weights of queries [lo, hi) on these keys. qs = (Q of this (b, h),
-    stride_qt); coefs = (qk_scale, log2_tk, clip_a, clip_g); SW = (MODE, FAST_SIGMOID, DOT_PREC)."""
+def _mass_inner(
+    mass,
+    keys,
+    qs,
+    LSE_row,
+    start,
+    end,
+    T,
+    coefs,
+    BLOCK_M: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    MODE: tl.constexpr,
+    FAST_SIGMOID: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Add to mass the weights of queries [start, end) on this program's keys = (k, offs_n). qs = (Q
+    of this (b, h), stride_qt); coefs = (qk_scale, log2_tk, clip_a, clip_g)."""
+    k, offs_n = keys
     Q_head, stride_qt = qs
     qk_scale, log2_tk, clip_a, clip_g = coefs
-    MODE, FAST_SIGMOID, DOT_PREC = SW
     offs_mb = tl.arange(0, BLOCK_M)
-    qT_ptrs = Q_head + _common.tile_offsets_t(lo, stride_qt, offs_mb, tl.arange(0, k.shape[1]))
-    for start_m in range(lo, hi, BLOCK_M):
+    qT_ptrs = Q_head + _common.tile_offsets_t(start, stride_qt, offs_mb, tl.arange(0, k.shape[1]))
+    for start_m in range(start, end, BLOCK_M):
         offs_m = start_m + offs_mb
         row_ok = offs_m < T
         qT = tl.load(qT_ptrs, mask=row_ok[None, :], other=0.0)
@@ -82,26 +96,44 @@ def attn_key_mass_kernel(
     k = _common.load_rows(K, off_b, off_h, k_strides, lo, offs_nb, offs_d, col_ok)
     qs = (Q + off_b * stride_qb + off_h * stride_qh, stride_qt)
     coefs = (qk_scale, log2_tk, clip_a, clip_g)
-    sw = (MODE, FAST_SIGMOID, DOT_PREC)
+    keys = (k, offs_n)
     mass = tl.zeros([BLOCK_N], dtype=tl.float32)
     # The diagonal block (causal mask), then every query below it.
     hi = tl.minimum(lo + BLOCK_N, T)
-    mass = _mass_inner(mass, k, qs, LSE + row0, offs_n, lo, hi, T, coefs, BLOCK_M, True, sw)
-    mass = _mass_inner(mass, k, qs, LSE + row0, offs_n, hi, T, T, coefs, BLOCK_M, False, sw)
+    mass = _mass_inner(
+        mass, keys, qs, LSE + row0, lo, hi, T, coefs, BLOCK_M, True, MODE, FAST_SIGMOID, DOT_PREC
+    )
+    mass = _mass_inner(
+        mass, keys, qs, LSE + row0, hi, T, T, coefs, BLOCK_M, False, MODE, FAST_SIGMOID, DOT_PREC
+    )
     tl.store(Mass + row0 + offs_n, mass, mask=col_ok)
 
 
 @triton.jit
-def _delta_inner(dsum, q, do, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, MASKED, DOT_PREC):
-    """Add to dsum the terms of keys [lo, hi). kv = (K, V of this (b, h), stride_kt, stride_vt);
-    coefs = (qk_scale, log2_tk, clip_a, clip_g)."""
+def _delta_inner(
+    dsum,
+    q,
+    do,
+    lse,
+    kv,
+    offs_m,
+    start,
+    end,
+    T,
+    coefs,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Add to dsum the terms of keys [start, end). kv = (K, V of this (b, h), stride_kt,
+    stride_vt); coefs = (qk_scale, clip_a, clip_g)."""
     K_head, V_head, stride_kt, stride_vt = kv
-    qk_scale, _, clip_a, clip_g = coefs
+    qk_scale, clip_a, clip_g = coefs
     offs_nb = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, q.shape[1])
-    kT_ptrs = K_head + _common.tile_offsets_t(lo, stride_kt, offs_nb, offs_d)
-    vT_ptrs = V_head + _common.tile_offsets_t(lo, stride_vt, offs_nb, offs_d)
-    for start_n in range(lo, hi, BLOCK_N):
+    kT_ptrs = K_head + _common.tile_offsets_t(start, stride_kt, offs_nb, offs_d)
+    vT_ptrs = V_head + _common.tile_offsets_t(start, stride_vt, offs_nb, offs_d)
+    for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_nb
         kT = _common.load_if(kT_ptrs, cols[None, :] < T, MASKED)
         vT = _common.load_if(vT_ptrs, cols[None, :] < T, MASKED)
@@ -141,7 +173,6 @@ def attn_clip_delta_kernel(
     H,
     T,
     qk_scale,
-    log2_tk,
     clip_a,
     clip_g,
     HEAD_DIM: tl.constexpr,
@@ -149,8 +180,7 @@ def attn_clip_delta_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Delta_i = sum_j P_ij dP_ij (dP through the clamp) for BLOCK_M queries (log2_tk unused:
-    the launcher passes every score kernel the same scalars)."""
+    """Delta_i = sum_j P_ij dP_ij (dP through the clamp) for BLOCK_M queries."""
     tl.static_assert(BLOCK_M % BLOCK_N == 0)
     rows = _common.program_rows(B, H, T, BLOCK_M, HEAD_DIM, True)
     off_b, off_h, row0, lo, offs_mb, offs_m, offs_d, row_ok = rows
@@ -160,10 +190,10 @@ def attn_clip_delta_kernel(
     lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=0.0)
     K_head = K + off_b * stride_kb + off_h * stride_kh
     kv = (K_head, V + off_b * stride_vb + off_h * stride_vh, stride_kt, stride_vt)
-    coefs = (qk_scale, log2_tk, clip_a, clip_g)
+    coefs = (qk_scale, clip_a, clip_g)
     dsum = tl.zeros([BLOCK_M], dtype=tl.float32)
     # Keys left of the diagonal block (no mask), then the diagonal block.
-    hi = tl.minimum(lo + BLOCK_M, T)
     dsum = _delta_inner(dsum, q, do, lse, kv, offs_m, 0, lo, T, coefs, BLOCK_N, False, DOT_PREC)
+    hi = tl.minimum(lo + BLOCK_M, T)
     dsum = _delta_inner(dsum, q, do, lse, kv, offs_m, lo, hi, T, coefs, BLOCK_N, True, DOT_PREC)
     tl.store(Delta + row0 + offs_m, dsum, mask=row_ok)
