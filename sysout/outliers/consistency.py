@@ -70,15 +70,19 @@ def outlier_consistency(
     attention: AttentionOutlierStats | None = None,
     weight: WeightOutlierStats | None = None,
     *,
+    reads: ActivationOutlierStats | None = None,
     mlp_input: ActivationOutlierStats | None = None,
     use_token_rule: bool = False,
 ) -> ConsistencyStats:
     """Position consistency against ``attention`` and dimension consistency against
     ``weight.outlier_rows`` for one layer. Activation tokens come from the element rule
     (``activation.tokens``), or from the official token rule with ``use_token_rule=True``.
-    With ``mlp_input`` (the down-projection input's statistics) and ``weight`` (its weight), also
-    the column consistency. A comparison whose partner is None is NaN."""
-    tokens = activation.token_rule_tokens if use_token_rule else activation.tokens
+    Position consistency uses the tokens of ``reads`` when given (the residual stream the
+    attention reads: the block's input, while ``activation`` is its output). With ``mlp_input``
+    (the down-projection input's statistics) and ``weight`` (its weight), also the column
+    consistency. A comparison whose partner is None is NaN."""
+    read = reads if reads is not None else activation
+    tokens = read.token_rule_tokens if use_token_rule else read.tokens
     pos = position_consistency(tokens, attention.positions) if attention is not None else math.nan
     dim = (
         dimension_consistency(activation.dims, weight.outlier_rows)

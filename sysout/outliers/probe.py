@@ -26,7 +26,7 @@ from sysout.adapters import ModelAdapter, adapter_for, linear_weight
 
 from .capture import ProbePass, forward, norm_names
 from .channels import gamma_channel_coincidence, gamma_outliers
-from .consistency import ConsistencyStats, outlier_consistency
+from .consistency import outlier_consistency
 from .reports import (
     GROUPS,
     PREFIX,
@@ -145,9 +145,13 @@ def _assemble(
         down = next(n for n, m in block.named_modules() if m is adapter.parts(i).down_proj)
         # Attention l reads the block-l input: the embeddings or h_{l-1}.
         reads = main.embedding if i == 0 else main.activation[i - 1]
-        pos = outlier_consistency(reads, main.attention[i], use_token_rule=th.use_token_rule)
-        dim = outlier_consistency(
-            main.activation[i], weight=weights[down], mlp_input=main.mlp_input[i]
+        consistency = outlier_consistency(
+            main.activation[i],
+            main.attention[i],
+            weights[down],
+            reads=reads,
+            mlp_input=main.mlp_input[i],
+            use_token_rule=th.use_token_rule,
         )
         layers.append(
             LayerReport(
@@ -163,14 +167,7 @@ def _assemble(
                     if name.startswith(f"{i}.")
                 },
                 weights=weights,
-                consistency=ConsistencyStats(
-                    position_consistency=pos.position_consistency,
-                    dimension_consistency=dim.dimension_consistency,
-                    num_activation_tokens=pos.num_activation_tokens,
-                    num_activation_dims=dim.num_activation_dims,
-                    column_consistency=dim.column_consistency,
-                    num_mlp_input_dims=dim.num_mlp_input_dims,
-                ),
+                consistency=consistency,
                 down_proj_name=down,
             )
         )
