@@ -11,11 +11,12 @@ the ``[out, in]`` view, so "per output channel" and "per output row" mean the sa
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from sysout.adapters import ModelAdapter, adapter_for, linear_weight
 
@@ -72,10 +73,22 @@ def select_targets(
 
 
 class WeightSnapshot:
-    """Exact copies of Parameters (each stored once by identity) for bit-for-bit restoring."""
+    """Exact copies of Parameters (each stored once by identity) for bit-for-bit restoring, and
+    the hooks an edit installed. As a context manager, everything is undone on exit (also on an
+    exception): hooks removed, weights restored."""
 
     def __init__(self) -> None:
         self._saved: dict[int, tuple[Tensor, Tensor]] = {}
+        self.handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> WeightSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.restore()
 
     def save(self, param: Tensor) -> None:
         if id(param) not in self._saved:
@@ -96,6 +109,17 @@ def set_weight(module: nn.Module, new_out_in: Tensor, snapshot: WeightSnapshot) 
     """Write ``new_out_in`` ([out, in]) into ``module``'s weight after saving the original."""
     snapshot.save(module.weight)
     linear_weight(module).copy_(new_out_in)
+
+
+def transform_weights(
+    modules: Sequence[tuple[str, nn.Module]],
+    transform: Callable[[Tensor], Tensor],
+    snapshot: WeightSnapshot,
+) -> list[str]:
+    """``set_weight(module, transform([out, in] weight))`` for each (name, module); the names."""
+    for _, module in modules:
+        set_weight(module, transform(linear_weight(module)), snapshot)
+    return [name for name, _ in modules]
 
 
 def projection_input(args: tuple, kwargs: dict) -> Tensor | None:

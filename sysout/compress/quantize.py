@@ -38,15 +38,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from sysout.adapters import ModelAdapter, linear_weight
+from sysout.adapters import ModelAdapter
 
 from .layers import (
     WeightSnapshot,
     projection_input,
     select_targets,
-    set_weight,
+    transform_weights,
     with_projection_input,
 )
 
@@ -224,24 +223,18 @@ def quantized(model: nn.Module | ModelAdapter, config: QuantConfig | str) -> Ite
     if isinstance(config, str):
         config = QuantConfig.from_name(config)
     record = QuantRecord(config=config)
-    snapshot = WeightSnapshot()
-    handles: list[RemovableHandle] = []
-    try:
+    with WeightSnapshot() as edits:
         targets = select_targets(model, config.skip, config.include_head)
         record.skipped = targets.skipped
         if config.w_bits is not None:
-            for name, mod in targets.weights:
-                w = linear_weight(mod)
-                set_weight(mod, fake_quantize(w, config.w_bits, config.w_granularity), snapshot)
-                record.weights.append(name)
+            w_bits, w_gran = config.w_bits, config.w_granularity
+            record.weights = transform_weights(
+                targets.weights, lambda w: fake_quantize(w, w_bits, w_gran), edits
+            )
         if config.a_bits is not None:
             bits, gran = config.a_bits, config.a_granularity
             hook = input_quantizer_hook(lambda x: fake_quantize(x, bits, gran))
             for name, mod in targets.inputs:
-                handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+                edits.handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
                 record.activations.append(name)
         yield record
-    finally:
-        for h in handles:
-            h.remove()
-        snapshot.restore()

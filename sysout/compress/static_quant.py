@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from sysout.adapters import ModelAdapter, adapter_for, linear_weight
+from sysout.adapters import ModelAdapter, adapter_for
 
 from .layers import (
     WeightSnapshot,
@@ -40,7 +40,7 @@ from .layers import (
     projection_input,
     run_batches,
     select_targets,
-    set_weight,
+    transform_weights,
 )
 from .quantize import check_bits, fake_quantize, input_quantizer_hook
 
@@ -192,9 +192,7 @@ def static_quantized(
     config = config or StaticQuantConfig()
     batches = check_batches(calibration, "static activation quantization")
     record = StaticQuantRecord(config=config)
-    snapshot = WeightSnapshot()
-    handles: list[RemovableHandle] = []
-    try:
+    with WeightSnapshot() as edits:
         targets = select_targets(model, config.skip, config.include_head)
         record.skipped = targets.skipped
         ranges = calibrate_ranges(model, targets.inputs, batches, config.percentile)
@@ -205,14 +203,10 @@ def static_quantized(
             hook = input_quantizer_hook(
                 lambda x, s=scale, z=zp: fake_quantize_asymmetric(x, s, z, config.a_bits)
             )
-            handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
+            edits.handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
         if config.w_bits is not None:
-            for name, mod in targets.weights:
-                w = linear_weight(mod)
-                set_weight(mod, fake_quantize(w, config.w_bits, "per_tensor"), snapshot)
-                record.weights.append(name)
+            w_bits = config.w_bits
+            record.weights = transform_weights(
+                targets.weights, lambda w: fake_quantize(w, w_bits, "per_tensor"), edits
+            )
         yield record
-    finally:
-        for h in handles:
-            h.remove()
-        snapshot.restore()
