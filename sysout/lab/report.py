@@ -103,6 +103,17 @@ def _verdict(ok: bool, values: list[float], no: str = "not supported") -> str:
     return "not tested" if not values else ("supported" if ok else no)
 
 
+def _parking_verdict(runs: list[LabRunResult]) -> str:
+    """replaced / partly (the slot took over in a layer, BOS kept elsewhere) / not replaced."""
+    verdicts = set()
+    for run in runs:
+        f = row_figures(run)
+        took = (f["slot"] or 0) > 0.5
+        kept = (f["sink_share"] or 0) > SINK_SHARE
+        verdicts.add("replaced" if took and not kept else "partly" if took else "not replaced")
+    return "/".join(sorted(verdicts))
+
+
 def claims(main: list[LabRunResult], nobos: list[LabRunResult], longer) -> list[str]:
     """The paper's claims judged on the runs, with the criterion and the figures behind each."""
     out = []
@@ -148,33 +159,36 @@ def claims(main: list[LabRunResult], nobos: list[LabRunResult], longer) -> list[
         bos = _span([row_figures(r)["sink_share"] for r in runs])
         slot = _span([row_figures(r)["slot"] for r in runs])
         text = (
-            f"- **A place to park replaces the BOS sink** ({variant}): after "
-            f"{runs[0].steps} steps the sink layer's non-trigger share on BOS is {bos}, "
-            f"the extra slot's {slot}"
+            f"- **A place to park replaces the BOS sink** ({variant}; replaced = the slot takes "
+            f"over half the weight in some layer and no layer keeps a BOS share above "
+            f"{SINK_SHARE}): {_parking_verdict(runs)} after {runs[0].steps} steps — the sink "
+            f"layer's non-trigger share on BOS {bos}, the slot's {slot}"
         )
         for run in (r for r in longer if r.variant == variant):
             f = row_figures(run)
+            n = run.n_layer()
             moved = [
                 s
                 for s in sorted(run.stats)
-                if sink_layer_value(run.stats[s], run.n_layer(), "slot_share") > 0.5
+                if sink_layer_value(run.stats[s], n, "slot_share") > 0.5
             ]
-            when = (
-                f"the slot takes over half the weight from step {moved[0]}"
-                if moved
-                else ("the slot never takes half the weight")
-            )
+            when = f"from step {moved[0]}" if moved else "at no step"
             text += (
-                f"; after {run.steps} steps (seed {run.seed}): BOS {_fmt(f['sink_share'])}, "
-                f"slot {_fmt(f['slot'])}, {when}"
+                f"; {_parking_verdict([run])} after {run.steps} steps (seed {run.seed}): BOS "
+                f"{_fmt(f['sink_share'])}, slot {_fmt(f['slot'])}, the slot has over half the "
+                f"weight {when}"
             )
         out.append(text + ".")
     if nobos:
         first = _values(nobos, "softmax", "l0_non")
+        ok = bool(first) and min(first) > SINK_SHARE
         out.append(
-            "- **Without BOS** the sink moves to the first character (softmax layer-0 "
-            f"non-trigger share on position 0: {_span(first)}, with BOS {_span(sink)}; value "
-            f"ratio {_span(_values(nobos, 'softmax', 'l0_value'))})."
+            "- **Without BOS, the sink moves to the first character** (softmax layer-0 "
+            f"non-trigger share on position 0 > {SINK_SHARE}): {_verdict(ok, first)} — "
+            f"{_span(first)} (with BOS {_span(sink)}); largest share on position 0 over layers "
+            f"and variants without BOS: {_fmt(max(row_figures(r)['max_all'] for r in nobos))}; "
+            f"loss gap without BOS {_span(_values(nobos, 'softmax', 'gap'))}, with BOS "
+            f"{_span(_values(main, 'softmax', 'gap'))}."
         )
     return out
 
