@@ -61,7 +61,7 @@ def _panel(ax, curves, title: str, ylabel: str, log: bool = False) -> None:
 
 
 def training_curves(runs: list[LabRunResult], path: Path, title: str) -> Path:
-    """2 x 2: layer-0 share on position 0 (non-trigger queries), value ratio at the sink layer,
+    """2 x 2: layer-0 share on position 0 (non-trigger queries), layer-0 value ratio,
     residual peak, validation loss gap; mean over seeds."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     l0 = "outliers/heads/layer_00/first_token_share_non_trigger"
@@ -71,12 +71,11 @@ def training_curves(runs: list[LabRunResult], path: Path, title: str) -> Path:
         "sink share: layer 0, non-trigger queries, weight on position 0",
         "share",
     )
+    v0 = "outliers/heads/layer_00/first_token_value_ratio"
     _panel(
         axes[0, 1],
-        _mean_curves(
-            runs, lambda r, s: sink_layer_value(r.stats[s], r.n_layer(), "sink_value_ratio")
-        ),
-        "value drain: ||v(pos 0)|| / median ||v|| at the sink layer",
+        _mean_curves(runs, lambda r, s: r.stats[s].get(v0, float("nan"))),
+        "value drain: layer 0, ||v(pos 0)|| / median ||v||",
         "ratio",
         log=True,
     )
