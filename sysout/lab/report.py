@@ -215,7 +215,12 @@ def write_report(out: Path, md: Path, windows: int = 8) -> Path:
         figs.append(("longer runs", longer_curves(longer, figdir / "longer.png")))
     total = sum(r.wall_s for r in runs)
     sweep = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
-    sources = sorted({r.source for r in runs})
+    from_ckpt = [r.folder.relative_to(out).as_posix() for r in runs if r.source == "checkpoints"]
+    sources = "the probe's CSV columns" + (
+        f"; measured on step checkpoints for {', '.join(from_ckpt)} (run without the probe)"
+        if from_ckpt
+        else ""
+    )
     lines = [
         "# CPU laboratory: attention sinks on the Bigram-Backcopy task",
         "",
@@ -228,8 +233,8 @@ def write_report(out: Path, md: Path, windows: int = 8) -> Path:
         f"{total / 60:.0f} minutes of run time in all (one thread per run, two at a time); "
         f"sweep wall time {sweep.get('wall_s', float('nan')) / 60:.0f} min "
         f"({len(sweep.get('sweeps', [sweep]))} invocation(s)). Machine: {platform.machine()}, "
-        f"torch {torch.__version__}. Sink statistics from: {', '.join(sources)} "
-        f"({windows} fixed validation sequences).",
+        f"torch {torch.__version__}; two cores shared with other work, so wall times vary. "
+        f"Sink statistics from {sources} ({windows} fixed validation sequences).",
         "",
         "Columns: final validation loss minus the true distribution's loss (nats/token); model "
         "loss at trigger and non-trigger positions; mean weight on position 0 in layer 0 over "
