@@ -210,7 +210,7 @@ def _report(trainer: L.Trainer, loggers: list[Logger], metrics: dict[str, float]
     if not trainer.is_global_zero:  # other ranks hold dummy loggers and print nothing
         return
     lines = ["", "=== sysout run finished ==="]
-    for key in ("val/loss", "val/ppl", "test/loss", "test/ppl"):
+    for key in ("val/loss", "val/ppl", "val/loss_gap", "test/loss", "test/ppl"):
         if key in metrics:
             lines.append(f"{key:>10}: {metrics[key]:.4f}")
     ckpt = trainer.checkpoint_callback
