@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sysout.data import BigramBackcopyDataModule
-from sysout.lab import BigramBackcopy, TaskError, sequence_uniforms
+from sysout.data.bigram_task import BigramBackcopy, TaskError, sequence_uniforms
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sysout.data.bigram_task import BigramBackcopy, TaskError, sequence_uniforms
 from sysout.data.probe_inputs import ProbeInputs
-from sysout.data.sampler import RankWindowSampler
-from sysout.lab.task import BigramBackcopy, TaskError, sequence_uniforms
+from sysout.data.sampler import evaluation_loader, samples_per_run, training_loader
 
 # The generator holds whole sequences in memory: far beyond this is a typo, not an experiment.
 MAX_BLOCK_SIZE = 65_536
@@ -148,46 +148,19 @@ class BigramBackcopyDataModule(L.LightningDataModule):
         )
 
     def num_train_sequences(self) -> int:
-        if self.train_sequences:
-            return int(self.train_sequences)
-        trainer = self.trainer
-        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
-            accumulate = trainer.accumulate_grad_batches
-            return trainer.max_steps * accumulate * self.batch_size * trainer.world_size
-        return 100_000
+        """Global sequences in one epoch: by default exactly what ``max_steps`` will consume."""
+        return samples_per_run(self.trainer, self.batch_size, self.train_sequences)
 
     def train_dataloader(self) -> DataLoader:
         data = BigramBackcopySequences(
             self.task, self.block_size, self.num_train_sequences(), self.seed, TRAIN_STREAM
         )
-        rank, world, start = 0, 1, 0
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            start = (
-                self.trainer.global_step * self.trainer.accumulate_grad_batches * self.batch_size
-            )
-        sampler = RankWindowSampler(len(data), rank, world, start)
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            drop_last=True,
-            persistent_workers=self.num_workers > 0,
-        )
+        return training_loader(data, self.trainer, self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         if self._val is None:
             self.setup("fit")
-        rank, world = (
-            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        )
-        return DataLoader(
-            self._val,
-            batch_size=self.batch_size,
-            sampler=range(rank, len(self._val), world),
-            num_workers=self.num_workers,
-        )
+        return evaluation_loader(self._val, self.trainer, self.batch_size, self.num_workers)
 
     def validation_sequences(self, count: int | None = None) -> np.ndarray:
         """The first ``count`` fixed validation sequences [count, block_size + 1]."""

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from sysout.data.probe_inputs import ProbeInputs, probe_windows_from_tokens
-from sysout.data.sampler import RankWindowSampler
+from sysout.data.sampler import evaluation_loader, samples_per_run, training_loader
 from sysout.data.sources import DataSourceError, TextSource
 from sysout.data.token_cache import load_tokens
 from sysout.data.tokenizer import get_tokenizer
@@ -105,48 +105,17 @@ class TextDataModule(L.LightningDataModule):
 
     def num_train_windows(self) -> int:
         """Global windows in one epoch: by default exactly what ``max_steps`` will consume."""
-        if self.train_windows:
-            return int(self.train_windows)
-        trainer = self.trainer
-        if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
-            accumulate = trainer.accumulate_grad_batches
-            return trainer.max_steps * accumulate * self.batch_size * trainer.world_size
-        return 100_000
+        return samples_per_run(self.trainer, self.batch_size, self.train_windows)
 
     def train_dataloader(self) -> DataLoader:
         data = RandomWindows(
             self._load("train"), self.block_size, self.num_train_windows(), self.seed
         )
-        rank, world, start = 0, 1, 0
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            # A resumed run continues where the checkpoint's optimizer step left off (checkpoints
-            # are taken at step boundaries), so the window stream is that of an uninterrupted run.
-            start = (
-                self.trainer.global_step * self.trainer.accumulate_grad_batches * self.batch_size
-            )
-        sampler = RankWindowSampler(len(data), rank, world, start)
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            drop_last=True,
-            persistent_workers=self.num_workers > 0,
-        )
+        return training_loader(data, self.trainer, self.batch_size, self.num_workers)
 
     def _fixed(self, split: str, limit: int | None) -> DataLoader:
         data = FixedWindows(self._load(split), self.block_size, limit)
-        rank, world = (
-            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        )
-        # Each rank scores its share; the loss metric averages over ranks weighted by count.
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=range(rank, len(data), world),
-            num_workers=self.num_workers,
-        )
+        return evaluation_loader(data, self.trainer, self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._fixed("val", self.val_windows)

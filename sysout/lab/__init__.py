@@ -1,9 +1,4 @@
-"""The CPU laboratory: the Bigram-Backcopy task (docs/lab.md), its sweep and its report.
-
-Only the task is imported here; ``python -m sysout.lab.sweep`` and ``python -m sysout.lab.report``
-are the runner and the report writer.
+"""The CPU laboratory (docs/lab.md): ``python -m sysout.lab.sweep`` runs the Bigram-Backcopy
+sweep, ``python -m sysout.lab.report`` writes docs/results/sink-lab.md from it. The task itself is
+data: :mod:`sysout.data.bigram_task`.
 """
-
-from sysout.lab.task import BOS_STRING, BigramBackcopy, TaskError, sequence_uniforms
-
-__all__ = ["BOS_STRING", "BigramBackcopy", "TaskError", "sequence_uniforms"]
