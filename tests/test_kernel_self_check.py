@@ -124,3 +124,26 @@ def test_check_off_keeps_the_kernel_unchecked(monkeypatch):
         base.set_kernel_self_check("auto")
     with pytest.raises(ValueError):
         base.set_kernel_self_check("sometimes")
+
+
+def test_the_training_config_sets_the_self_check(compose_train) -> None:
+    from sysout.training.run import train
+
+    previous = base._SELF_CHECK[0]
+    try:
+        with pytest.raises(ValueError, match="self-check mode 'sometimes'"):
+            train(compose_train("kernel_self_check=sometimes"))
+        base.set_kernel_self_check("auto")
+        cfg = compose_train(
+            "model=gpt2_tiny",
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_steps=1",
+            "data.val_windows=1",
+            "test=false",
+            "kernel_self_check=off",
+        )
+        train(cfg)
+        assert base._SELF_CHECK[0] == "off"
+    finally:
+        base.set_kernel_self_check(previous)

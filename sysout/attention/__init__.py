@@ -10,11 +10,13 @@ from typing import Any
 from sysout.attention import variants as _variants  # noqa: F401  (registers the variants)
 from sysout.attention.base import (
     IMPLEMENTATIONS,
+    SELF_CHECK_MODES,
     AttentionVariant,
     causal_mask,
     causal_scores,
     get_variant_class,
     register_variant,
+    set_kernel_self_check,
     variant_names,
 )
 
@@ -32,11 +34,13 @@ def build_variant(
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "SELF_CHECK_MODES",
     "AttentionVariant",
     "build_variant",
     "causal_mask",
     "causal_scores",
     "get_variant_class",
     "register_variant",
+    "set_kernel_self_check",
     "variant_names",
 ]

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from sysout.attention import set_kernel_self_check
 from sysout.callbacks.preemption import PreemptionCheckpoint, checkpoint_dir
 from sysout.loggers import build_loggers, close_loggers
 from sysout.training.module import GPTLitModule
@@ -70,6 +71,8 @@ def build(cfg: DictConfig) -> tuple[GPTLitModule, L.LightningDataModule]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, validate and (if a test split exists) test; return the final metrics."""
     single_console_logging()
+    if cfg.get("kernel_self_check") is not None:
+        set_kernel_self_check(str(cfg.kernel_self_check))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
