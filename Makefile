@@ -37,7 +37,7 @@ test-fast: install
 
 # The lab's end-to-end check: softmax grows a BOS sink, sigmoid does not (two 600-step runs).
 test-lab: install
-	SYSOUT_LAB_TESTS=1 $(PYTHON) -m pytest -v tests/test_sink_lab.py $(ARGS)
+	$(PYTHON) -m pytest -v tests/test_sink_lab.py $(ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .
