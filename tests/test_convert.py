@@ -68,6 +68,8 @@ def test_a_sysout_model_exports_to_transformers_with_the_same_logits(tmp_path):
         assert torch.allclose(again(idx).logits, model(idx)[0], atol=1e-5, rtol=0)
     with pytest.raises(ConversionError, match="'kv_bias' has no Hugging Face GPT-2 equivalent"):
         hf_gpt2_from_sysout(build_gpt(TINY, {"name": "kv_bias"}))
+    with pytest.raises(ConversionError, match="no learned sink tokens"):
+        hf_gpt2_from_sysout(build_gpt({**TINY, "sink_tokens": 1}, {"name": "softmax"}))
 
 
 def test_export_command_writes_a_folder_transformers_loads(tmp_path):

@@ -103,6 +103,11 @@ def hf_gpt2_config(model: GPT) -> Any:
             f"attention variant {cfg.attention!r} has no Hugging Face GPT-2 equivalent; only "
             "'softmax' checkpoints export (the other variants need sysout's own model code)"
         )
+    if cfg.sink_tokens:
+        raise ConversionError(
+            f"model.sink_tokens={cfg.sink_tokens}: Hugging Face GPT-2 has no learned sink tokens, "
+            "so the export would change the model's outputs"
+        )
     eot = min(50256, cfg.vocab_size - 1)
     return GPT2Config(
         vocab_size=cfg.vocab_size,
