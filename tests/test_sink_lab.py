@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from sysout.training.run import train
 
@@ -22,6 +23,72 @@ lab_training = pytest.mark.skipif(
     os.environ.get("SYSOUT_LAB_TESTS") == "0",
     reason="600-step training skipped by SYSOUT_LAB_TESTS=0",
 )
+
+
+def _median_ratio(norms: Tensor) -> Tensor:
+    """Norm at position 0 / median norm over positions: [..., T] -> [...]."""
+    return norms[..., 0] / norms.median(dim=-1).values.clamp_min(1e-12)
+
+
+@torch.no_grad()
+def reference_sinks(
+    model: torch.nn.Module, windows: Tensor, query_groups: dict[str, Tensor] | None = None
+) -> dict[str, float]:
+    """An independent implementation of the probe's sink figures (full weights, no hooks of the
+    probe): per layer and head, attention weight on position 0 (all queries and each query
+    group), total weight on real tokens, value/key/query norm at position 0 against the median
+    position, and the residual-state ratio of each block's output, under the probe's keys."""
+    model.eval()
+    captured: list[tuple[Tensor, Tensor]] = []
+    hooks = []
+    for block in model.transformer.h:
+        attn = block.attn
+
+        def grab(module, args, output, attn=attn) -> None:
+            captured.append(("attn", args[0]))
+
+        def grab_out(module, args, output) -> None:
+            captured.append(("block", output))
+
+        hooks.append(attn.register_forward_hook(grab))
+        hooks.append(block.register_forward_hook(grab_out))
+    try:
+        model(windows)
+    finally:
+        for h in hooks:
+            h.remove()
+    attn_inputs = [t for kind, t in captured if kind == "attn"]
+    block_outputs = [t for kind, t in captured if kind == "block"]
+    groups = dict(query_groups or {})
+    out: dict[str, float] = {}
+    for layer, (block, x, h) in enumerate(zip(model.transformer.h, attn_inputs, block_outputs)):
+        q, k, v = block.attn.heads(x)  # [B, H, T, d]
+        p = block.attn.variant.attention_weights(q, k, x).float()  # [B, H, T, T]
+        first = p[..., 0]  # [B, H, T] weight of each query on position 0
+        lay = f"layer_{layer:02d}"
+        out[f"outliers/attention/{lay}/first_token_share"] = float(first.mean())
+        out[f"outliers/attention/{lay}/weight_sum"] = float(p.sum(-1).mean())
+        for name, mask in groups.items():
+            m = mask.to(first.device)[:, None, :].expand_as(first)
+            per_head = (first * m).sum((0, 2)) / m.sum((0, 2)).clamp_min(1)
+            for head, value in enumerate(per_head.tolist()):
+                out[f"outliers/heads/{lay}/head_{head:02d}/first_token_share_{name}"] = value
+            out[f"outliers/heads/{lay}/first_token_share_{name}"] = float(per_head.mean())
+        ratios = {}
+        for kind, t in (("value", v), ("key", k), ("query", q)):
+            r = _median_ratio(t.float().norm(dim=-1)).mean(0)  # [H], mean over windows
+            ratios[kind] = r
+            for head, value in enumerate(r.tolist()):
+                out[f"outliers/heads/{lay}/head_{head:02d}/first_token_{kind}_ratio"] = value
+        for head, value in enumerate(first.mean((0, 2)).tolist()):
+            out[f"outliers/heads/{lay}/head_{head:02d}/first_token_share"] = value
+        out[f"outliers/heads/{lay}/first_token_value_ratio"] = float(ratios["value"].mean())
+        residual = _median_ratio(h.float().norm(dim=-1)).mean()
+        out[f"outliers/activation/{lay}/first_token_norm_ratio"] = float(residual)
+        out[f"outliers/activation/{lay}/ratio"] = float(
+            (h.abs().amax((1, 2)) / h.abs().flatten(1).median(1).values.clamp_min(1e-12)).mean()
+        )
+    return out
 
 
 def probe_rows(output_dir) -> list[dict[str, float]]:
@@ -76,9 +143,8 @@ def test_sigmoid_puts_no_weight_on_bos(compose_train) -> None:
 
 
 @pytest.mark.parametrize("variant", ["softmax", "kv_bias", "sigmoid"])
-def test_checkpoint_measurement_agrees_with_the_probe(shared_dir, variant: str) -> None:
+def test_the_probes_sink_figures_match_a_direct_computation(shared_dir, variant: str) -> None:
     from sysout.data import BigramBackcopyDataModule
-    from sysout.lab.measure import measure_sinks
     from sysout.model import build_gpt
     from sysout.outliers import run_probe
 
@@ -94,7 +160,7 @@ def test_checkpoint_measurement_agrees_with_the_probe(shared_dir, variant: str) 
                 block.attn.variant.key_bias.normal_(0, 1.0)
     dm = BigramBackcopyDataModule(str(shared_dir / "data/tinyshakespeare/input.txt"), block_size=48)
     inputs = dm.probe_inputs(4)
-    ours = measure_sinks(model, inputs.windows, inputs.query_groups)
+    ours = reference_sinks(model, inputs.windows, inputs.query_groups)
     probe = run_probe(model, inputs.windows, query_groups=inputs.query_groups).scalars()
     compared = [k for k in ours if not k.endswith("/ratio")]
     assert len(compared) > 20

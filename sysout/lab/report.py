@@ -2,7 +2,8 @@
 
 Every figure in the report is measured here from the runs of ``python -m sysout.lab.sweep``:
 validation losses from each run's CSV log, sink statistics from the outlier probe's CSV columns
-or, for runs without them, measured on the run's step checkpoints (sysout.lab.measure).
+or, for runs without them, measured on the run's step checkpoints by the same probe
+(sysout.outliers.run_probe).
 """
 
 from __future__ import annotations

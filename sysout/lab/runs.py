@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sysout.lab.measure import measure_sinks
+from sysout.outliers import run_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 # The probe's key that only the head-statistics probe logs: without it, measure checkpoints.
@@ -103,7 +103,10 @@ def measure_checkpoints(folder: Path, bos: bool, windows: int = 8) -> dict[int, 
     for path in files:
         step = int(re.sub(r"\D", "", path.stem))
         model = load_checkpoint_model(path)
-        series[step] = measure_sinks(model, inputs.windows, inputs.query_groups)
+        # The probe itself, so checkpoint figures are those the training runs logged.
+        series[step] = run_probe(
+            model, inputs.windows, query_groups=inputs.query_groups, decode=inputs.decode
+        ).scalars()
     return series
 
 

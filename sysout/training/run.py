@@ -63,8 +63,13 @@ def build_module(cfg: DictConfig, datamodule: Any = None) -> GPTLitModule:
 
 
 def build(cfg: DictConfig) -> tuple[GPTLitModule, L.LightningDataModule]:
-    """The data module, then the model (which may take its vocabulary from the data)."""
+    """The data module, prepared and checked, then the model (which may take its vocabulary
+    from the data). Data first: a block size longer than the data must fail with that message,
+    before the model allocates its position table (which, for absurd sizes, runs out of
+    memory)."""
     datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     return build_module(cfg, datamodule), datamodule
 
 
@@ -75,12 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         set_kernel_self_check(str(cfg.kernel_self_check))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    # Data first: a block size longer than the data must fail with that message, before the
-    # model allocates its position table (which, for absurd sizes, runs out of memory).
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    module = build_module(cfg, datamodule)
+    module, datamodule = build(cfg)
     log.info(
         "model: %s, attention=%s, %.2fM parameters",
         cfg.model.get("name"),
