@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from sysout.adapters.hf_load import HFModelSpec, inspect_hf, is_hf_name, load_hf_model, strip_hf
@@ -202,8 +202,11 @@ def _short(err: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+def plain(value: Any) -> Any:
+    """A config node as plain Python (dicts and lists resolved); anything else as it is."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def _state_dict_problems(
@@ -282,7 +285,7 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> LoadedCheckp
             f"not a Lightning checkpoint: {path} has no 'state_dict' "
             f"(top-level keys: {sorted(map(str, ckpt))[:8]})"
         )
-    hparams = {k: _plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
+    hparams = {k: plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
     lacking = [k for k in ("model", "attention") if not isinstance(hparams.get(k), Mapping)]
     if lacking:
         raise CheckpointError(

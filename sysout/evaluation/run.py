@@ -25,9 +25,9 @@ from sysout.data import DataSourceError, get_tokenizer, probe_windows_from_token
 from sysout.evaluation.checkpoints import (
     CheckpointEntry,
     LoadedCheckpoint,
-    _plain,
     load_entry,
     make_label,
+    plain,
     resolve_checkpoints,
 )
 from sysout.evaluation.outlier_report import outlier_report, write_outlier_summary
@@ -80,11 +80,11 @@ def resolve_precision(name: str | None) -> torch.dtype | None:
 
 def _thresholds(cfg: DictConfig) -> OutlierThresholds:
     """The report's and the mitigation probes' thresholds (``probe.thresholds`` overrides)."""
-    return OutlierThresholds.from_any(_plain(OmegaConf.select(cfg, "probe.thresholds")) or None)
+    return OutlierThresholds.from_any(plain(OmegaConf.select(cfg, "probe.thresholds")) or None)
 
 
 def _hf_options(cfg: DictConfig) -> dict[str, Any]:
-    return _plain(OmegaConf.select(cfg, "hf", default=None)) or {}
+    return plain(OmegaConf.select(cfg, "hf", default=None)) or {}
 
 
 def _block_size(loaded: LoadedCheckpoint, cfg: DictConfig) -> int:
@@ -338,7 +338,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
     resolve_precision(cfg.precision)
     _thresholds(cfg)
     entries = resolve_checkpoints(
-        _plain(cfg.checkpoints),
+        plain(cfg.checkpoints),
         which=cfg.which,
         hf_dtype=_hf_options(cfg).get("dtype", "fp32"),
         device=device,
@@ -378,7 +378,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
     }
 
     # W&B runs get this evaluation's name, group and tags (the logger group's name a training).
-    loggers = build_loggers(cfg.get("logger"), {"wandb": _plain(cfg.get("wandb_run")) or {}})
+    loggers = build_loggers(cfg.get("logger"), {"wandb": plain(cfg.get("wandb_run")) or {}})
     results: list[CheckpointResult] = []
     taken: set[str] = set()
     files: dict = {}

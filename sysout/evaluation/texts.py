@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sysout.data import DataSourceError, RandomWindows, TextSource, get_tokenizer, load_tokens
-from sysout.evaluation.checkpoints import _plain
+from sysout.evaluation.checkpoints import plain
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Texts:
     ) -> np.ndarray:
         if stream not in STREAMS:
             raise ValueError(f"{where}: stream must be one of {STREAMS}, got {stream!r}")
-        src = TextSource.from_config(_plain(source), where=where)
+        src = TextSource.from_config(plain(source), where=where)
         key = (src, stream, None if tokenizer is None else getattr(tokenizer, "name_or_path", ""))
         if key in self._tokens:
             return self._tokens[key]
@@ -74,7 +74,7 @@ def run_source(
 ) -> tuple[dict[str, Any] | None, str]:
     """A text source given as a split name of the run's own data config (``val``, ``train``),
     or as a source dict; the fallback when the run's config is missing. Returns (source, origin)."""
-    spec = _plain(spec)
+    spec = plain(spec)
     if spec is None:
         return None, "off"
     if isinstance(spec, Mapping):
@@ -86,7 +86,7 @@ def run_source(
                 return OmegaConf.to_container(node, resolve=True), f"run data.splits.{spec}"
         except Exception as err:  # noqa: BLE001  (unresolvable interpolation in an old config)
             log.warning("%s: cannot read data.splits.%s of the run's config (%s)", where, spec, err)
-    fallback = _plain(fallback)
+    fallback = plain(fallback)
     if fallback is None:
         raise DataSourceError(
             f"{where}: the checkpoint's run has no data.splits.{spec} and {where}.fallback is null"
@@ -114,7 +114,7 @@ def load_source(
             origin,
         )
     except Exception as err:  # noqa: BLE001  (any loading failure: try the fallback)
-        fallback = _plain(fallback)
+        fallback = plain(fallback)
         if origin == "fallback" or fallback is None:
             raise
         log.warning("%s: the run's text failed to load (%s); using %s.fallback", where, err, where)
