@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from sysout.model import build_gpt  # noqa: E402
 from sysout.outliers.plots import render_png, report_figures  # noqa: E402
 from sysout.outliers.probe import run_probe  # noqa: E402
-from sysout.training.optim import OptimConfig, build_adamw  # noqa: E402
+from sysout.training.optim import OptimConfig, build_optimizer  # noqa: E402
 
 PAPER_TOKENS_PER_STEP = 491_520  # 12 x 1024 x 40 (SPEC section 4)
 TARGET = 0.02  # the overhead budget: 2% of training time
@@ -111,7 +111,7 @@ def main() -> None:
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     )
-    optimizer = build_adamw(model, OptimConfig())
+    optimizer = build_optimizer(model, OptimConfig())
     gen = torch.Generator().manual_seed(1)
     micro = []
     for _ in range(args.accumulate):

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from sysout.attention import variant_names
 from sysout.callbacks.throughput import peak_flops_for
 from sysout.model import build_gpt, flops_per_token
-from sysout.training.optim import OptimConfig, build_adamw
+from sysout.training.optim import OptimConfig, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def measure(args, variant: str, impl: str, device: torch.device) -> dict:
     model = build_gpt(model_cfg, attention_cfg).to(device)
     if args.compile:
         model.compile()
-    optimizer = build_adamw(model, OptimConfig(lr=1e-4, warmup_steps=0))
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-4, warmup_steps=0))
     t = model.config.block_size if args.seq_len is None else args.seq_len
     x = torch.randint(0, 50257, (args.batch, t), device=device)
     y = torch.roll(x, -1, dims=1)

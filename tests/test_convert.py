@@ -72,6 +72,24 @@ def test_a_sysout_model_exports_to_transformers_with_the_same_logits(tmp_path):
         hf_gpt2_from_sysout(build_gpt({**TINY, "sink_tokens": 1}, {"name": "softmax"}))
 
 
+def test_guo_parametrised_model_round_trips_through_transformers(tmp_path):
+    """ReLU MLP, untied head, LayerNorm biases without Linear biases: exported and re-imported
+    with the same logits (HF GPT-2 has relu and tie_word_embeddings=False)."""
+    torch.manual_seed(4)
+    guo = {**TINY, "activation": "relu", "tie_embeddings": False, "norm_bias": True}
+    model = build_gpt({**guo, "init": "torch_default"}, {"name": "softmax"}).eval()
+    hf = hf_gpt2_from_sysout(model)
+    assert hf.config.activation_function == "relu" and not hf.config.tie_word_embeddings
+    hf.save_pretrained(tmp_path / "out")
+    again = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    back = sysout_from_hf_gpt2(again)
+    assert back.config.activation == "relu" and not back.config.tie_embeddings
+    idx = _ids(vocab=50304)
+    with torch.no_grad():
+        assert torch.allclose(again(idx).logits, model(idx)[0], atol=1e-4, rtol=0)
+        assert torch.allclose(back(idx)[0], model(idx)[0], atol=1e-4, rtol=0)
+
+
 def test_export_command_writes_a_folder_transformers_loads(tmp_path):
     module = GPTLitModule(dict(TINY), {"name": "softmax"})
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"

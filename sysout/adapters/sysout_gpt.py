@@ -45,7 +45,7 @@ class SysoutGPTAdapter(ModelAdapter):
             down_proj=b.mlp.c_proj,
             up_proj=b.mlp.c_fc,
             gate_proj=None,
-            act=b.mlp.gelu,
+            act=b.mlp.act,
             attn_norm=b.ln_1,
             mlp_norm=b.ln_2,
         )

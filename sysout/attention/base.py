@@ -119,6 +119,11 @@ class AttentionVariant(nn.Module):
         """Keyword arguments of :func:`sysout.kernels.fused_attention` for this variant."""
         return {}
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of this variant's own matrix parameters that nanoGPT's rule (decay every
+        parameter of dim >= 2) must not decay: learned per-head biases (default: none)."""
+        return set()
+
     def finish_output(self, o: Tensor, x: Tensor) -> Tensor:
         """A cheap term the kernel leaves to PyTorch (default: none)."""
         return o

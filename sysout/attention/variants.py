@@ -26,11 +26,8 @@ from sysout.attention.base import (
 )
 
 
-def _head_vectors(n_head: int, head_dim: int, decay: bool = False) -> nn.Parameter:
-    p = nn.Parameter(torch.empty(n_head, head_dim).normal_(0.0, 0.02))
-    if not decay:
-        p._no_weight_decay = True  # read by sysout.training.optim.decayed_names
-    return p
+def _head_vectors(n_head: int, head_dim: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(n_head, head_dim).normal_(0.0, 0.02))
 
 
 def _sdpa_with_leading_slot(
@@ -96,6 +93,9 @@ class ValueBias(Softmax):
         super().__init__(n_head, n_embd, impl)
         self.value_bias = _head_vectors(n_head, self.head_dim)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"value_bias"}
+
     def finish_output(self, o: Tensor, x: Tensor) -> Tensor:
         return o + self.value_bias.to(o.dtype)[None, :, None, :]
 
@@ -116,8 +116,12 @@ class KVBias(AttentionVariant):
         if not isinstance(decay_bias, bool):
             raise ValueError(f"attention.options.decay_bias must be true or false: {decay_bias!r}")
         # Decayed by default, as the official 4-D k', v' are under nanoGPT's dim >= 2 rule.
-        self.key_bias = _head_vectors(n_head, self.head_dim, decay=decay_bias)
-        self.value_bias = _head_vectors(n_head, self.head_dim, decay=decay_bias)
+        self.decay_bias = decay_bias
+        self.key_bias = _head_vectors(n_head, self.head_dim)
+        self.value_bias = _head_vectors(n_head, self.head_dim)
+
+    def no_weight_decay(self) -> set[str]:
+        return set() if self.decay_bias else {"key_bias", "value_bias"}
 
     def slot_scores(self, q: Tensor) -> Tensor:
         """q . k' / sqrt(d) as [B, H, T, 1] in at least float32."""

@@ -28,8 +28,13 @@ from torch import Tensor
 from sysout.model.gpt import GPT, build_gpt
 
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # transformers' Conv1D names
-HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # sysout -> transformers
-SYSOUT_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}  # sysout -> transformers
+SYSOUT_ACTIVATION = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
 LAYER_NORM_EPS = 1e-5  # sysout's LayerNorm
 
 
@@ -59,8 +64,6 @@ def sysout_config_from_hf(config: Any) -> dict[str, Any]:
         problems.append("scale_attn_by_inverse_layer_idx=True")
     if getattr(config, "add_cross_attention", False):
         problems.append("add_cross_attention=True")
-    if not getattr(config, "tie_word_embeddings", True):
-        problems.append("untied LM head (sysout ties it to the token embedding)")
     if problems:
         raise ConversionError("this GPT-2 has no exact sysout equivalent: " + "; ".join(problems))
     return dict(
@@ -72,6 +75,7 @@ def sysout_config_from_hf(config: Any) -> dict[str, Any]:
         dropout=0.0,
         bias=True,
         activation=SYSOUT_ACTIVATION[act],
+        tie_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
     )
 
 
@@ -85,8 +89,13 @@ def sysout_from_hf_gpt2(hf_model: torch.nn.Module) -> GPT:
     model = build_gpt(sysout_config_from_hf(hf_model.config), {"name": "softmax"})
     hf_state = hf_model.state_dict()
     state = {}
+    tied = model.config.tie_embeddings
     for key, ref in model.state_dict().items():
-        src = hf_state["transformer.wte.weight"] if key == "lm_head.weight" else hf_state[key]
+        src = (
+            hf_state["transformer.wte.weight"]
+            if key == "lm_head.weight" and tied
+            else hf_state[key]
+        )
         state[key] = (src.t() if _is_conv1d_key(key) else src).to(ref.dtype).clone()
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -123,7 +132,7 @@ def hf_gpt2_config(model: GPT) -> Any:
         layer_norm_epsilon=LAYER_NORM_EPS,
         bos_token_id=eot,
         eos_token_id=eot,
-        tie_word_embeddings=True,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
 
 

@@ -7,6 +7,7 @@ its parameters (under ``transformer.h.N.attn.variant``) and its implementation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,8 +17,15 @@ from torch import Tensor, nn
 
 from sysout.attention import AttentionVariant, build_variant, get_variant_class
 
-# sysout's activation names -> nn.GELU's `approximate` argument.
-ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+# sysout's MLP activation names -> the module computing it.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": lambda: nn.GELU(approximate="none"),  # nanoGPT's exact (erf) GELU
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # OpenAI GPT-2's weights ("gelu_new")
+    "relu": nn.ReLU,  # Guo et al. 2024's Bigram-Backcopy models
+}
+# How parameters start: GPT-2's N(0, 0.02) with scaled residual projections, or each PyTorch
+# module's own default (nn.Embedding N(0, 1), nn.Linear Kaiming-uniform), as Guo et al. train.
+INIT_SCHEMES = ("gpt2", "torch_default")
 
 
 @dataclass
@@ -28,13 +36,19 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = False  # biases in Linear and LayerNorm layers
+    bias: bool = False  # biases in Linear layers (and LayerNorms unless norm_bias says)
+    # LayerNorm biases: None follows ``bias``; Guo et al.'s models have LayerNorm biases but no
+    # Linear biases (norm_bias=true, bias=false).
+    norm_bias: bool | None = None
+    # The output head shares the token embedding (GPT-2) or has its own matrix (Guo et al.).
+    tie_embeddings: bool = True
+    init: str = "gpt2"  # one of INIT_SCHEMES
     attention: str = "softmax"
     attention_impl: str = "auto"
     attention_options: dict[str, Any] = field(default_factory=dict)
-    # MLP activation: "gelu" (exact erf form, nanoGPT's) or "gelu_tanh" (the tanh approximation
-    # OpenAI's GPT-2 weights were trained with; transformers' "gelu_new"). Imported weights must
-    # run with the activation they were trained with.
+    # MLP activation: "gelu" (exact erf form, nanoGPT's), "gelu_tanh" (the tanh approximation
+    # OpenAI's GPT-2 weights were trained with; transformers' "gelu_new") or "relu" (Guo et
+    # al.'s). Imported weights must run with the activation they were trained with.
     activation: str = "gelu"
     # Learned tokens prepended to every sequence before block 0 and dropped after ln_f (Sun et
     # al. 2024's GPT-2 with a sink token, model_sink.py: num_reg = 1). Unlike kv_bias's extra
@@ -59,6 +73,18 @@ class GPTConfig:
             raise ValueError(
                 f"model.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
+        if self.init not in INIT_SCHEMES:
+            raise ValueError(f"model.init must be one of {INIT_SCHEMES}, got {self.init!r}")
+        for key in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
+        if self.norm_bias is not None and not isinstance(self.norm_bias, bool):
+            raise ValueError(f"model.norm_bias must be true, false or null, got {self.norm_bias!r}")
+
+    @property
+    def layer_norm_bias(self) -> bool:
+        """Whether LayerNorms have a bias: ``norm_bias``, or ``bias`` when that is None."""
+        return self.bias if self.norm_bias is None else self.norm_bias
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,21 +135,21 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
-        # c_proj is where weight outliers live; its input (after GELU) is probed too.
+        self.act = ACTIVATIONS[config.activation]()
+        # c_proj is where weight outliers live; its input (after the activation) is probed too.
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.layer_norm_bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.layer_norm_bias)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -141,19 +167,25 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=LayerNorm(config.n_embd, bias=config.layer_norm_bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight
         if config.sink_tokens:  # the official name and shape ([1, num_reg, C], N(0, 0.02))
             self.reg_token = nn.Parameter(torch.zeros(1, config.sink_tokens, config.n_embd))
             nn.init.normal_(self.reg_token, mean=0.0, std=0.02)
-        self.apply(self._init_weights)
-        # GPT-2: residual projections scaled by 1/sqrt(2 L).
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.init == "gpt2":
+            self.apply(self._init_weights)
+            # GPT-2: residual projections scaled by 1/sqrt(2 L).
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        elif config.tie_embeddings:
+            # PyTorch's defaults, except that the tied matrix is the embedding's (N(0, 1)), as
+            # in Guo et al.'s code, which ties the head to the embedding, not the reverse.
+            nn.init.normal_(self.transformer.wte.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

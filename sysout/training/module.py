@@ -1,4 +1,4 @@
-"""The LightningModule: a GPT with an attention variant, trained with nanoGPT's recipe."""
+"""The LightningModule: a GPT with an attention variant and its optimiser (training.optim)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torchmetrics import MeanMetric
 
 from sysout.model import GPT, build_gpt
-from sysout.training.optim import OptimConfig, build_adamw, decayed_names, lr_factor
+from sysout.training.optim import OptimConfig, build_optimizer, decayed_names, lr_factor
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -45,7 +45,8 @@ class GPTLitModule(L.LightningModule):
         self.model: GPT = build_gpt(model, attention)
         self.optim_cfg = OptimConfig(**(optim or {}))
         self.compile_model = compile
-        self.decayed = decayed_names(self.model)  # before any FSDP wrapping flattens shapes
+        # Decided before any FSDP wrapping flattens shapes.
+        self.decayed = decayed_names(self.model, self.optim_cfg.decay_params)
         self.on_nonfinite_loss = on_nonfinite_loss
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
@@ -161,7 +162,7 @@ class GPTLitModule(L.LightningModule):
         self._log_eval("test", self.test_loss)
 
     def configure_optimizers(self):
-        optimizer = build_adamw(self.model, self.optim_cfg, self.decayed)
+        optimizer = build_optimizer(self.model, self.optim_cfg, self.decayed)
         decay_steps = self.optim_cfg.decay_steps
         if decay_steps is None:
             max_steps = self.trainer.max_steps if self.trainer is not None else -1
