@@ -86,6 +86,8 @@ def test_capture_gives_the_models_weights_and_per_head_qkv(kind):
     # order (GQA repeat, NeoX interleaving, GPT-2's fused split) are right.
     merged = (w @ cap.v.float()).transpose(1, 2).reshape(b, t, WIDTH)
     assert torch.allclose(merged, o_in.float(), atol=1e-5)
+    # the adapter names that output projection, W_O (Guo et al.'s ||W_O v|| at the sink)
+    assert cap.out_proj is not None and cap.out_proj.weight.numel() == WIDTH * WIDTH
     if kind in ("gpt2", "opt"):  # no rotary: the scores are q k^T / sqrt(d)
         s = cap.q @ cap.k.transpose(-1, -2) / d**0.5
         s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))

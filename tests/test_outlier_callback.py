@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from sysout.callbacks import OutlierCallback
+from sysout.outliers.keys import GROUPS
 from sysout.training.run import train
 
 os.environ.setdefault("SYSOUT_ROOT", str(Path(__file__).resolve().parents[1]))
@@ -133,6 +134,13 @@ def test_tiny_training_run_logs_outliers_to_wandb_and_csv(compose_train, tmp_pat
         assert r["outliers/moments/layer_01/mlp/kurtosis"] != ""
         assert r["outliers/consistency/layer_01/dimension"] != ""
         assert float(r["outliers/summary/probe_seconds"]) > 0
+        # Guo et al.'s residual-peak figures, and their growth relative to the step-0 probe
+        norm = float(r["outliers/residual/layer_01/first_token_norm"])
+        assert norm > 0
+        growth = float(r["outliers/residual/layer_01/first_token_norm_vs_step0"])
+        assert growth == pytest.approx(
+            norm / float(rows[0]["outliers/residual/layer_01/first_token_norm"])
+        )
     csv_top1 = {int(r["step"]): float(r["outliers/summary/max_top1"]) for r in rows}
     # training moved the weights, so the probes differ
     assert len(set(csv_top1.values())) > 1
@@ -148,17 +156,9 @@ def test_tiny_training_run_logs_outliers_to_wandb_and_csv(compose_train, tmp_pat
         assert h["outliers-summary/max_top1"] == pytest.approx(csv_top1[step], rel=1e-6)
         assert not any(k.startswith("outliers/") for k in h)  # W&B names carry the section
         sections = {k.split("/")[0] for k in h if k.startswith("outliers-")}
-        assert sections == {
-            "outliers-activation",
-            "outliers-mlp_input",
-            "outliers-attention",
-            "outliers-heads",
-            "outliers-weight",
-            "outliers-channel",
-            "outliers-moments",
-            "outliers-consistency",
-            "outliers-summary",
-        }
+        assert sections == {f"outliers-{group}" for group in GROUPS}
+        # where each probe sequence's sink sits, as a histogram per layer
+        assert h["outliers-attention/layer_00/top_key_positions"]["_type"] == "histogram"
         for key in FIGURES:
             image = h[key]
             assert image["_type"] == "image-file" and image["format"] == "png"

@@ -22,6 +22,7 @@ from sysout.attention import variant_names  # noqa: E402
 from sysout.callbacks.outliers import wandb_key  # noqa: E402
 from sysout.model import GPT, GPTConfig  # noqa: E402
 from sysout.outliers import PROBE_SENTENCE, OutlierThresholds, run_probe  # noqa: E402
+from sysout.outliers.keys import GROUPS
 
 E, U, D = 3, 5, 7  # position-marker feature, MLP hidden unit, massive residual dim
 C, T, B = 64, 32, 4
@@ -137,8 +138,8 @@ def test_query_groups_split_the_first_token_share(planted) -> None:
     even[:, ::2] = True
     split = run_probe(model, batch, query_groups={"even": even, "odd": ~even})
     weights = report.layers[0]  # layer 0: ordinary causal softmax, query t gives key 0 ~1/(t+1)
-    assert weights.heads.group_first_token_share == {}
-    shares = split.layers[0].heads.group_first_token_share
+    assert weights.heads.group_stats == {}
+    shares = {g: s["first_token_share"] for g, s in split.layers[0].heads.group_stats.items()}
     assert set(shares) == {"even", "odd"}
     # query 0 (even) puts all its weight on key 0: the even group's share is the larger
     assert (shares["even"] > shares["odd"]).all()
@@ -176,17 +177,13 @@ def test_scalars_are_flat_grouped_and_match_the_report(planted) -> None:
     s = report.scalars()
     assert all(type(v) is float for v in s.values())
     groups = {k.split("/")[1] for k in s}
-    assert groups == {
-        "activation",
-        "mlp_input",
-        "attention",
-        "heads",
-        "weight",
-        "channel",
-        "moments",
-        "consistency",
-        "summary",
-    }
+    assert groups == set(GROUPS)
+    # the planted massive activation is every sequence's largest, at position 0 in dim D
+    for key, value in (("argmax_first_token_share", 1.0), ("argmax_dim", D),
+                       ("argmax_dim_share", 1.0), ("argmax_position", 0.0)):  # fmt: skip
+        assert s[f"outliers/residual/layer_00/{key}"] == value, key
+    assert s["outliers/residual/layer_00/first_token_norm"] > 1000
+    assert s["outliers/residual/layer_00/argmax_class_share_initial"] == 1.0
     assert s["outliers/activation/layer_00/top1"] == report.layers[0].activation.top1
     assert s["outliers/activation/layer_00/count"] == B
     assert s["outliers/mlp_input/layer_00/num_dims"] == 1.0
@@ -374,5 +371,5 @@ def test_probe_aligns_a_models_own_sink_token_with_the_inputs() -> None:
     # the group holds every input query but not the sink's own (which sees only itself, weight
     # 1): overall share x (T + 1) queries = group share x T + 1
     heads = report.layers[0].heads
-    overall, group = heads.first_token_share, heads.group_first_token_share["all"]
+    overall, group = heads.first_token_share, heads.group_stats["all"]["first_token_share"]
     torch.testing.assert_close(group, (overall * (T + 1) - 1) / T, atol=1e-5, rtol=0)

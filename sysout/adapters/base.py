@@ -58,6 +58,8 @@ class AttentionCapture:
     ``weights()`` gives the weights applied to the values [B, H, Tq, Tk] (at least float32);
     ``key_mass()`` the per-head mass [B, H, Tk] = sum over queries of those weights, by the
     cheapest exact path the model has (a sysout variant's fused kernel, linear memory).
+    ``out_proj`` is the attention's output projection W_O (what the heads' values write into
+    the residual stream through), None where the adapter does not name it.
     """
 
     q: Tensor
@@ -65,6 +67,7 @@ class AttentionCapture:
     v: Tensor
     weights: Callable[[], Tensor]
     key_mass: Callable[[], Tensor]
+    out_proj: nn.Module | None = None
 
 
 def linear_weight(module: nn.Module) -> Tensor:

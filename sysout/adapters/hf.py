@@ -52,6 +52,7 @@ class HFLayout:
     attn_norm: str
     mlp_norm: str | None  # None: the MLP reads the attention norm's output (Phi's parallel block)
     qkv: str  # "separate" | "gpt2" | "neox"
+    out_proj: str | None = None  # the attention's output projection, from the attention module
 
 
 def _get(root: nn.Module, path: str | None) -> nn.Module | None:
@@ -223,7 +224,14 @@ class HFCausalLMAdapter(ModelAdapter):
             w = weights.detach()
             w = w if w.dtype == torch.float64 else w.float()
             callback(
-                AttentionCapture(q=q, k=k, v=v, weights=lambda: w, key_mass=lambda: w.sum(dim=2))
+                AttentionCapture(
+                    q=q,
+                    k=k,
+                    v=v,
+                    weights=lambda: w,
+                    key_mass=lambda: w.sum(dim=2),
+                    out_proj=_get(attn, self.layout.out_proj),
+                )
             )
 
         handles.append(attn.register_forward_hook(done))
@@ -251,6 +259,7 @@ _LLAMA_LIKE = dict(
     attn_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
     qkv="separate",
+    out_proj="o_proj",
 )
 
 
@@ -269,6 +278,7 @@ _LLAMA_LIKE = dict(
         attn_norm="ln_1",
         mlp_norm="ln_2",
         qkv="gpt2",
+        out_proj="c_proj",
     ),
 )
 class HFGPT2Adapter(HFCausalLMAdapter):
@@ -299,6 +309,7 @@ class HFLlamaAdapter(HFCausalLMAdapter):
         attn_norm="self_attn_layer_norm",
         mlp_norm="final_layer_norm",
         qkv="separate",
+        out_proj="out_proj",
     ),
 )
 class HFOPTAdapter(HFCausalLMAdapter):
@@ -320,6 +331,7 @@ class HFOPTAdapter(HFCausalLMAdapter):
         attn_norm="input_layernorm",
         mlp_norm="post_attention_layernorm",
         qkv="neox",
+        out_proj="dense",
     ),
 )
 class HFGPTNeoXAdapter(HFCausalLMAdapter):
@@ -341,6 +353,7 @@ class HFGPTNeoXAdapter(HFCausalLMAdapter):
         attn_norm="input_layernorm",
         mlp_norm=None,
         qkv="separate",
+        out_proj="dense",
     ),
 )
 class HFPhiAdapter(HFCausalLMAdapter):

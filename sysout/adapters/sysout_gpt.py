@@ -59,7 +59,8 @@ class SysoutGPTAdapter(ModelAdapter):
     def capture_attention(
         self, index: int, callback: Callable[[AttentionCapture], None]
     ) -> list[RemovableHandle]:
-        variant = self.model.transformer.h[index].attn.variant
+        attn = self.model.transformer.h[index].attn
+        variant = attn.variant
 
         def hook(_m: nn.Module, args: tuple, _out: Tensor) -> None:
             q, k, v, x = args
@@ -70,6 +71,7 @@ class SysoutGPTAdapter(ModelAdapter):
                     v=v,
                     weights=lambda: variant.attention_weights(q, k, x),
                     key_mass=lambda: variant.key_mass(q, k, v, x).float(),
+                    out_proj=attn.c_proj,
                 )
             )
 

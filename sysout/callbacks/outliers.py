@@ -22,13 +22,17 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
 from sysout.data import ProbeInputs
+from sysout.outliers.keys import GROUPS, PREFIX, metric_key, parse_key, summary_key
 from sysout.outliers.probe import run_probe
-from sysout.outliers.reports import GROUPS, PREFIX, PROBE_SENTENCE, OutlierRecord, ProbeReport
+from sysout.outliers.reports import PROBE_SENTENCE, OutlierRecord, ProbeReport
 from sysout.outliers.rules import OutlierThresholds
 
 log = logging.getLogger(__name__)
 
 STEP_METRIC = "trainer/global_step"  # the x-axis Lightning's WandbLogger logs with every entry
+# Figures also reported relative to their value at step 0 (``<stat>_vs_step0``), as Guo et al.
+# give the residual-state peak's growth: (group, stat).
+STEP0_RELATIVE = (("residual", "first_token_norm"), ("residual", "first_token_excess"))
 
 
 def wandb_key(name: str) -> str:
@@ -95,6 +99,7 @@ class OutlierCallback(Callback):
         self._last_step: int | None = None
         self._inputs: ProbeInputs | None = None
         self._tables: dict[int, Any] = {}  # W&B incremental table per logger
+        self._step0: dict[str, float] = {}  # STEP0_RELATIVE figures of the step-0 probe
         self.last_report: ProbeReport | None = None
         self.last_duration: float | None = None
 
@@ -136,10 +141,11 @@ class OutlierCallback(Callback):
             self._probe(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step}
+        return {"last_step": self._last_step, "step0": dict(self._step0)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = state_dict.get("last_step")
+        self._step0 = dict(state_dict.get("step0") or {})
 
     # ------------------------------------------------------------------------------ the probe
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -162,12 +168,30 @@ class OutlierCallback(Callback):
                 step=step,
                 max_records=self.max_table_rows,
                 query_groups=inputs.query_groups,
+                token_class=inputs.token_class,
+                token_class_names=inputs.token_class_names,
             )
         self.last_report = report
         scalars = report.scalars()
+        scalars.update(self._relative_to_step0(scalars, step))
         self.last_duration = time.perf_counter() - start
-        scalars[f"{PREFIX}/summary/probe_seconds"] = self.last_duration
+        scalars[summary_key("probe_seconds")] = self.last_duration
         self._log(trainer, report, scalars, step)
+
+    def _relative_to_step0(self, scalars: dict[str, float], step: int) -> dict[str, float]:
+        """``<stat>_vs_step0`` = value / its value at step 0, for the STEP0_RELATIVE figures
+        (none when training did not start with a probe at step 0)."""
+        out = {}
+        for key, value in scalars.items():
+            group, layer, stat = parse_key(key)
+            if (group, stat) not in STEP0_RELATIVE:
+                continue
+            if step == 0:
+                self._step0[key] = value
+            ref = self._step0.get(key)
+            if ref:
+                out[metric_key(group, f"{stat}_vs_step0", layer)] = value / ref
+        return out
 
     def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Ask the data module for the probe's inputs once, on first use."""
@@ -228,6 +252,9 @@ class OutlierCallback(Callback):
         from sysout.outliers.plots import render_png, report_figures
 
         payload: dict[str, Any] = {self._key(k): v for k, v in scalars.items()}
+        for lay in report.layers:  # where each probe sequence's sink sits (no BOS: anywhere)
+            key = metric_key("attention", "top_key_positions", lay.index)
+            payload[self._key(key)] = wandb.Histogram(lay.attention.top_keys)
         if self.log_images:
             from PIL import Image
 

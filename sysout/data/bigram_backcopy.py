@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sysout.data.bigram_task import BigramBackcopy, TaskError, sequence_uniforms
+from sysout.data.bigram_task import TOKEN_CLASSES, BigramBackcopy, TaskError, sequence_uniforms
 from sysout.data.probe_inputs import ProbeInputs
 from sysout.data.sampler import evaluation_loader, samples_per_run, training_loader
 
@@ -181,6 +181,8 @@ class BigramBackcopyDataModule(L.LightningDataModule):
             ids or None,
             self.task.decode,
             {"trigger": trigger, "non_trigger": non_trigger},
+            self.task.token_class,
+            TOKEN_CLASSES,
         )
 
     def describe(self) -> str:

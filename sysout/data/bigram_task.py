@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 BOS_STRING = "<BOS>"
+#: Token classes of the task, for where the largest activation sits (the outlier probe).
+TOKEN_CLASSES = ("bos", "trigger", "delimiter", "ordinary")
 
 
 class TaskError(ValueError):
@@ -89,6 +91,16 @@ class BigramBackcopy:
 
     def is_trigger(self, tokens: np.ndarray) -> np.ndarray:
         return np.isin(tokens, self.triggers)
+
+    def token_class(self, position: int, token_id: int) -> str:
+        """``bos``, ``trigger`` (a trigger is a delimiter too when it is the space: the copy
+        rule decides first), ``delimiter`` (whitespace or punctuation) or ``ordinary``."""
+        if token_id == self.bos_id:
+            return "bos"
+        if token_id in self.triggers:
+            return "trigger"
+        char = self.chars[token_id]
+        return "delimiter" if char.isspace() or not char.isalnum() else "ordinary"
 
     def decode(self, token_id: int) -> str:
         return BOS_STRING if token_id == self.bos_id else self.chars[token_id]

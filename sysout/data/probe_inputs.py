@@ -25,13 +25,17 @@ class ProbeInputs:
     with like) or None; ``sentence`` the token ids of the probe sentence (its own batch) or None;
     ``decode`` maps a token id to its string; ``query_groups`` name boolean masks [B, T] of query
     positions whose attention is also reported separately (the Bigram-Backcopy task's trigger and
-    non-trigger positions, for the active-dormant split).
+    non-trigger positions, for the active-dormant split); ``token_class(position, token_id)``
+    names a token's class among ``token_class_names`` (where the largest activation sits; None:
+    the probe's default classes from the token's string).
     """
 
     windows: Tensor | None
     sentence: list[int] | None = None
     decode: Callable[[int], str] | None = None
     query_groups: dict[str, Tensor] = field(default_factory=dict)
+    token_class: Callable[[int, int], str] | None = None
+    token_class_names: tuple[str, ...] = ()
 
 
 def probe_windows_from_tokens(tokens: np.ndarray, block_size: int, count: int) -> Tensor:

@@ -40,6 +40,8 @@ class AttentionOutlierStats:
     the batch (``count_per_sample`` = count / B); ``positions`` lists them all as (b, j), row-major
     (at most B * Tk, never truncated); ``keys`` are the distinct outlier key positions j.
     ``mean_mass`` is the batch-mean mass per key, float32 CPU [Tk]; ``top1_key`` its argmax.
+    ``top_keys`` is each sample's own top key (where that sample's sink sits: without BOS it
+    need not be position 0, nor the same position in every sample).
     """
 
     num_queries: int
@@ -53,14 +55,22 @@ class AttentionOutlierStats:
     positions: list[tuple[int, int]]
     keys: list[int]
     mean_mass: torch.Tensor
+    top_keys: list[int]
 
     @property
     def count_per_sample(self) -> float:
         return self.count / self.batch_size
 
     def scalars(self) -> dict[str, float]:
-        """Flat W&B-ready figures."""
+        """Flat W&B-ready figures; ``top_key_mode`` is the position most samples' top key sits
+        at, ``top_key_mode_share`` / ``top_key_first_token_share`` the shares of samples whose
+        top key is that position / position 0."""
+        mode = max(set(self.top_keys), key=lambda j: (self.top_keys.count(j), -j))
+        n = len(self.top_keys)
         return {
+            "top_key_mode": float(mode),
+            "top_key_mode_share": self.top_keys.count(mode) / n,
+            "top_key_first_token_share": self.top_keys.count(0) / n,
             "first_token_share": self.first_token_share,
             "top1_mass": self.top1_mass,
             "top1_fraction": self.top1_fraction,
@@ -123,4 +133,5 @@ def attention_outliers(
         positions=position_list(outlier),  # type: ignore[arg-type]
         keys=index_list(outlier.any(dim=0)),
         mean_mass=mean_mass.float().cpu(),
+        top_keys=[int(j) for j in mass.argmax(dim=1).tolist()],
     )

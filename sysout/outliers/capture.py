@@ -16,13 +16,20 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from sysout.adapters import AttentionCapture, ModelAdapter, first_tensor, hidden_states_argument
+from sysout.adapters import (
+    AttentionCapture,
+    ModelAdapter,
+    first_tensor,
+    hidden_states_argument,
+    linear_weight,
+)
 
 from .activations import ActivationOutlierStats, activation_outliers
 from .attention import AttentionOutlierStats, attention_outliers
 from .channels import ChannelOutlierStats, channel_outliers
 from .heads import HeadStats, head_statistics
 from .moments import MomentStats, moment_stats
+from .residual import ResidualPeakStats, residual_peak, value_out_stats
 from .rules import OutlierThresholds
 
 
@@ -32,9 +39,13 @@ class ProbePass:
 
     keep_tensors: bool  # the sentence pass keeps h and attention weights
     query_groups: Mapping[str, Tensor] = field(default_factory=dict)
+    token_classes: list[list[str]] | None = None  # [B][T] class of each residual position
+    class_names: tuple[str, ...] = ()
     shape: tuple[int, int] = (0, 0)  # [B, T] of the residual stream, to unflatten [B*T, C]
     embedding: ActivationOutlierStats | None = None
     activation: dict[int, ActivationOutlierStats] = field(default_factory=dict)
+    residual: dict[int, ResidualPeakStats] = field(default_factory=dict)
+    value_out: dict[int, dict[str, float]] = field(default_factory=dict)
     mlp_input: dict[int, ActivationOutlierStats] = field(default_factory=dict)
     attention: dict[int, AttentionOutlierStats] = field(default_factory=dict)
     heads: dict[int, HeadStats] = field(default_factory=dict)
@@ -88,6 +99,8 @@ def register(
         def hook(_m: nn.Module, _args: Any, out: Any) -> None:
             h = first_tensor(out)
             rec.activation[i] = activation_outliers(h, th)
+            if h.shape[-2] >= 2:  # a one-token sentence has no "other tokens"
+                rec.residual[i] = residual_peak(h, rec.token_classes, rec.class_names)
             if rec.keep_tensors:
                 rec.hidden[i] = h[0].detach().float().cpu()
             else:
@@ -112,6 +125,8 @@ def register(
             mass = cap.key_mass().float()
             tq = cap.q.shape[-2]
             rec.attention[i] = attention_outliers(mass, num_queries=tq, thresholds=th)
+            if cap.out_proj is not None:
+                rec.value_out[i] = value_out_stats(cap.v, linear_weight(cap.out_proj))
             weights = None
             if rec.keep_tensors or rec.query_groups:
                 weights = cap.weights()

@@ -7,7 +7,14 @@ m[b, h, j] = sum_i P[b, h, i, j] (the variant's own weights):
   ``top_share[h]`` = mean_b max_j m[b, h, j] / Tq and ``top_key[h]`` the key that most often
   takes it; a head is a *sink head* by :func:`~sysout.outliers.rules.sink_head_mask`;
 - the **active-dormant split** (Guo et al. 2024): the first-token share over the queries of each
-  named group only (e.g. the Bigram-Backcopy task's trigger and non-trigger positions);
+  named group only (e.g. the Bigram-Backcopy task's trigger and non-trigger positions), and,
+  from the same layer and the same queries, figures that compare like with like across
+  variants whose weights need not sum to one: ``row_weight`` (mean of sum_j P[i, j] over the
+  real keys: 1 for softmax, 1 - the slot's weight for kv_bias / sink_logit / softmax1, anything
+  for sigmoid and ReLU attention), ``first_token_share_of_row`` (mean of P[i, 0] / sum_j P[i, j]:
+  position 0's share of what the row spends on real keys) and ``first_token_vs_uniform`` (that
+  share times the i + 1 keys query i sees: 1 is no preference, so "no sink" does not hinge on an
+  absolute weight that initialisation already meets);
 - **value-state drain / large keys**: ||x[b, h, t]|| at the first token, and at each head's
   top-mass key, divided by the median over positions of ||x[b, h, t]||, for x in q, k, v,
   averaged over samples (An et al. 2025: sink tokens have large keys and small values).
@@ -34,7 +41,7 @@ class HeadStats:
     first_token_share: Tensor
     top_share: Tensor
     top_key: list[int]
-    group_first_token_share: dict[str, Tensor]
+    group_stats: dict[str, dict[str, Tensor]]  # group -> stat -> [H]
     first_token_ratio: dict[str, Tensor]  # role ("query", "key", "value") -> [H]
     sink_ratio: dict[str, Tensor]  # the same at each head's top-mass key
     sink_heads: list[int]
@@ -50,7 +57,7 @@ class HeadStats:
             "top_share": self.top_share,
         }
         per_head.update(
-            {f"first_token_share_{g}": v for g, v in self.group_first_token_share.items()}
+            {f"{stat}_{g}": v for g, stats in self.group_stats.items() for stat, v in stats.items()}
         )
         per_head.update({f"first_token_{r}_ratio": v for r, v in self.first_token_ratio.items()})
         per_head.update({f"sink_{r}_ratio": v for r, v in self.sink_ratio.items()})
@@ -70,6 +77,25 @@ def _norm_ratio_at(x: Tensor, positions: Tensor) -> Tensor:
     at = norms.gather(-1, positions.unsqueeze(-1)).squeeze(-1)
     ratio = torch.where(med > 0, at / med.clamp_min(1e-30), torch.nan)
     return ratio.nanmean(dim=0).cpu()
+
+
+def group_statistics(weights: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per-head figures over the queries of one group (mask [B, Tq]) of weights [B, H, Tq, Tk]
+    on the real keys (keys aligned at the end, as :func:`~sysout.attention.causal_mask`)."""
+    w = weights.detach().float()
+    tq, tk = w.shape[-2:]
+    m = mask.to(device=w.device, dtype=torch.float32)[:, None, :]  # [B, 1, Tq]
+    count = m.sum().clamp_min(1.0)
+    row = w.sum(dim=-1)  # [B, H, Tq]
+    of_row = torch.where(row > 0, w[..., 0] / row.clamp_min(1e-30), 0.0)
+    visible = torch.arange(tq, device=w.device, dtype=torch.float32) + 1 + (tk - tq)
+    mean = lambda x: ((x * m).sum(dim=(0, 2)) / count).cpu()
+    return {
+        "first_token_share": mean(w[..., 0]),
+        "row_weight": mean(row),
+        "first_token_share_of_row": mean(of_row),
+        "first_token_vs_uniform": mean(of_row * visible),
+    }
 
 
 def head_statistics(
@@ -94,20 +120,16 @@ def head_statistics(
     top_mass, top_idx = mass.max(dim=-1)  # [B, H]
     top_share = (top_mass / tq).mean(dim=0).cpu()
     top_key = [int(torch.mode(top_idx[:, i]).values.item()) for i in range(h)]
-    groups: dict[str, Tensor] = {}
-    for name, mask in (query_groups or {}).items():
-        if weights is None:
-            raise ValueError("per-group sink shares need the attention weights")
-        m = mask.to(device=weights.device, dtype=torch.float32)[:, None, :]  # [B, 1, Tq]
-        on_first = (weights[..., 0].float() * m).sum(dim=(0, 2))
-        groups[name] = (on_first / m.sum().clamp_min(1.0)).cpu()
+    if query_groups and weights is None:
+        raise ValueError("per-group sink shares need the attention weights")
+    groups = {name: group_statistics(weights, m) for name, m in (query_groups or {}).items()}
     zeros = torch.zeros(b, h, dtype=torch.long, device=q.device)
     tensors = dict(zip(ROLES, (q, k, v)))
     return HeadStats(
         first_token_share=first,
         top_share=top_share,
         top_key=top_key,
-        group_first_token_share=groups,
+        group_stats=groups,
         first_token_ratio={r: _norm_ratio_at(x, zeros) for r, x in tensors.items()},
         sink_ratio={r: _norm_ratio_at(x, top_idx.to(x.device)) for r, x in tensors.items()},
         sink_heads=index_list(sink_head_mask(top_share, thresholds)),

@@ -27,9 +27,8 @@ from sysout.adapters import ModelAdapter, adapter_for, linear_weight
 from .capture import ProbePass, forward, norm_names
 from .channels import gamma_channel_coincidence, gamma_outliers
 from .consistency import outlier_consistency
+from .keys import GROUPS, PREFIX
 from .reports import (
-    GROUPS,
-    PREFIX,
     PROBE_SENTENCE,
     LayerReport,
     NormReport,
@@ -38,7 +37,8 @@ from .reports import (
     SentenceReport,
 )
 from .rules import OutlierThresholds
-from .tokens import token_class
+from .tokens import CLASSES
+from .tokens import token_class as token_class_of
 from .weights import WeightOutlierStats, weight_outliers_by_name
 
 
@@ -53,6 +53,8 @@ def run_probe(
     step: int | None = None,
     max_records: int = 200,
     query_groups: Mapping[str, Tensor] | None = None,
+    token_class: Callable[[int, int], str] | None = None,
+    token_class_names: Sequence[str] | None = None,
 ) -> ProbeReport:
     """Probe ``model`` on token windows ``batch`` [B, T] and the token ids of ``sentence``.
 
@@ -60,7 +62,10 @@ def run_probe(
     also yields the heat-map weights, the 3-D surface and its own outlier records. ``decode`` maps
     a token id to its string (default: the adapter's tokenizer, else ``<id>``). ``query_groups``
     name boolean masks [B, T] of ``batch``'s queries whose first-token share is also reported per
-    group. ``max_records`` caps the outlier list (largest |value| kept). Modes are restored.
+    group. ``token_class(position, token_id)`` names the class of a token, one of
+    ``token_class_names``, for the share of sequences whose largest activation sits on each class
+    (default: An et al.'s initial / delimiter / weak-semantic / other, from the token's string).
+    ``max_records`` caps the outlier list (largest |value| kept). Modes are restored.
     """
     th = OutlierThresholds.from_any(thresholds)
     adapter = adapter_for(model)
@@ -87,8 +92,15 @@ def run_probe(
         n: torch.cat([torch.zeros(m.shape[0], prefix, dtype=torch.bool, device=m.device), m], 1)
         for n, m in groups.items()
     }
+    name = _token_namer(decode or adapter.decode)
+    if token_class is None:
+        token_class, token_class_names = lambda p, t: token_class_of(p, name(t)), CLASSES
+    names = tuple(token_class_names or ())
+    classes = _classes(_with_prefix(windows, prefix), token_class, prefix)
+    if prefix:
+        names = (*names, PREFIX_CLASS)
     with adapter.eval_mode():
-        main = forward(adapter, windows, ProbePass(False, groups), th)
+        main = forward(adapter, windows, ProbePass(False, groups, classes, names), th)
         sent_pass = forward(adapter, sent, ProbePass(True), th) if sent is not None else None
     return _assemble(
         adapter,
@@ -169,6 +181,8 @@ def _assemble(
                 weights=weights,
                 consistency=consistency,
                 down_proj_name=down,
+                residual=main.residual.get(i),
+                value_out=main.value_out.get(i),
             )
         )
     final = adapter.final_norm()
@@ -219,6 +233,15 @@ def _assemble(
 
 
 SINK_TOKEN_ID = -1  # the id shown for a model's own learned sink tokens
+PREFIX_CLASS = "sink_token"  # the token class of a model's own learned sink tokens
+
+
+def _classes(ids: Tensor, classify: Callable[[int, int], str], prefix: int) -> list[list[str]]:
+    """The class of every residual position [B][T] (a model's own sink tokens first)."""
+    return [
+        [PREFIX_CLASS if t < prefix else classify(t - prefix, tok) for t, tok in enumerate(row)]
+        for row in ids.tolist()
+    ]
 
 
 def _with_prefix(ids: Tensor, prefix: int) -> Tensor:
@@ -259,7 +282,7 @@ def _records(
                 text = name(tok)
                 out.append(
                     OutlierRecord(
-                        kind, source, layer, b, t, tok, text, c, value, token_class(t, text)
+                        kind, source, layer, b, t, tok, text, c, value, token_class_of(t, text)
                     )
                 )
     return out

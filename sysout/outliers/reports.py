@@ -23,25 +23,14 @@ from .attention import AttentionOutlierStats
 from .channels import ChannelOutlierStats, CoincidenceStats, GammaOutlierStats
 from .consistency import ConsistencyStats
 from .heads import HeadStats
+from .keys import metric_key, summary_key
 from .moments import MomentStats
+from .residual import ResidualPeakStats
 from .rules import OutlierThresholds
 from .tokens import CLASSES as TOKEN_CLASSES
 from .weights import WeightOutlierStats
 
 PROBE_SENTENCE = "Summer is warm. Winter is cold."
-PREFIX = "outliers"
-#: Metric groups: ``outliers/<group>/...``.
-GROUPS = (
-    "activation",
-    "mlp_input",
-    "attention",
-    "heads",
-    "weight",
-    "channel",
-    "moments",
-    "consistency",
-    "summary",
-)
 
 
 @dataclass(frozen=True)
@@ -112,6 +101,8 @@ class LayerReport:
     weights: dict[str, WeightOutlierStats]  # "mlp.c_proj", "attn.c_attn", ... (block-relative)
     consistency: ConsistencyStats
     down_proj_name: str = "mlp.c_proj"  # the key of the down-projection in ``weights``
+    residual: ResidualPeakStats | None = None  # the residual-state peak of h_l
+    value_out: dict[str, float] | None = None  # ||W_O v(pos 0)||: None without W_O
 
     @property
     def c_proj(self) -> WeightOutlierStats:
@@ -125,7 +116,11 @@ class LayerReport:
         groups: dict[str, dict[str, float]] = {
             "activation": self.activation.scalars(),
             "mlp_input": self.mlp_input.scalars(),
-            "attention": {**self.attention.scalars(), "weight_sum": self.weight_sum},
+            "attention": {
+                **self.attention.scalars(),
+                "weight_sum": self.weight_sum,
+                **(self.value_out or {}),
+            },
             "heads": self.heads.scalars(),
             "consistency": {
                 "position": c.position_consistency,
@@ -140,6 +135,8 @@ class LayerReport:
                     {f"{name.replace('.', '_')}/{k}": v for k, v in _peak_ratios(w).items()}
                 )
         groups["weight"] = weights
+        if self.residual is not None:
+            groups["residual"] = self.residual.scalars()
         groups["channel"] = {
             f"{name}/{k}": v for name, norm in self.norms.items() for k, v in norm.scalars().items()
         }
@@ -260,23 +257,20 @@ class ProbeReport:
         out: dict[str, float] = {}
         for lay in self.layers:
             for group, values in lay.scalars().items():
-                scope = f"{PREFIX}/{group}/layer_{lay.index:02d}"
-                out.update({f"{scope}/{k}": float(v) for k, v in values.items()})
+                out.update({metric_key(group, k, lay.index): float(v) for k, v in values.items()})
         if self.final_norm is not None:
             out.update(
                 {
-                    f"{PREFIX}/channel/{self.final_norm_name}/{k}": float(v)
+                    metric_key("channel", k, scope=self.final_norm_name): float(v)
                     for k, v in self.final_norm.scalars().items()
                 }
             )
         for name, w in self.other_weights.items():
+            scope = name.replace(".", "_")
             out.update(
-                {
-                    f"{PREFIX}/weight/{name.replace('.', '_')}/{k}": float(v)
-                    for k, v in _peak_ratios(w).items()
-                }
+                {metric_key("weight", k, scope=scope): float(v) for k, v in _peak_ratios(w).items()}
             )
-        out.update({f"{PREFIX}/summary/{k}": float(v) for k, v in self.summary().items()})
+        out.update({summary_key(k): float(v) for k, v in self.summary().items()})
         return out
 
     def layer_rows(self) -> list[dict[str, Any]]:
