@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from sysout.adapters.hf_load import HFModelSpec, inspect_hf, is_hf_name, load_hf_model, strip_hf
 from sysout.model import GPT
+from sysout.model.checkpoint import CheckpointError, load_gpt_checkpoint
 
 log = logging.getLogger(__name__)
 
 WHICH = ("best", "last")
 _VAL_LOSS = re.compile(r"val[_/]?loss[=_-]?(-?\d+(?:\.\d+)?(?:e-?\d+)?)")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found or loaded, with the reason in the message."""
 
 
 @dataclass(frozen=True)
@@ -197,11 +193,6 @@ def make_label(variant: str | None, name: str, taken: set[str] | None = None) ->
 # ----------------------------------------------------------------------------- loading
 
 
-def _short(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
 def plain(value: Any) -> Any:
     """A config node as plain Python (dicts and lists resolved); anything else as it is."""
     if isinstance(value, (DictConfig, ListConfig)):
@@ -209,118 +200,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _state_dict_problems(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], show: int = 4
-) -> list[str]:
-    """Missing keys, unexpected keys and shape mismatches, a few of each."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        f"{k}: {tuple(found[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in found and isinstance(found[k], torch.Tensor) and found[k].shape != v.shape
-    ]
-    problems = []
-    for what, keys in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if keys:
-            more = f" (+{len(keys) - show} more)" if len(keys) > show else ""
-            problems.append(f"{len(keys)} {what}: {', '.join(keys[:show])}{more}")
-    return problems
-
-
-def _build(path: Path, model_cfg: dict, attention_cfg: dict, state: Mapping[str, Any]) -> GPT:
-    from sysout.training.module import GPTLitModule  # Lightning import only when loading
-
-    try:
-        module = GPTLitModule(model_cfg, attention_cfg)
-    except Exception as err:  # noqa: BLE001  (unknown variant, bad config values, ...)
-        raise CheckpointError(
-            f"incompatible checkpoint: {path}: its hyper_parameters do not build a model with "
-            f"this version of sysout ({type(err).__name__}: {_short(err)})"
-        ) from err
-    problems = _state_dict_problems(module.state_dict(), state)
-    if problems:
-        raise CheckpointError(
-            f"incompatible checkpoint: {path}: weights do not fit the model its "
-            f"hyper_parameters describe ({'; '.join(problems)})"
-        )
-    module.load_state_dict(dict(state), strict=True)
-    return module.model
-
-
 def load_checkpoint(path: str | Path, weights_only: bool = True) -> LoadedCheckpoint:
-    """Rebuild the GPT of a sysout Lightning checkpoint (or of a nanoGPT ``ckpt.pt``) on CPU.
-
-    Raises :class:`CheckpointError` saying which of these it is: missing file, not a PyTorch
-    file, not a Lightning checkpoint, not a sysout checkpoint (hyper_parameters without
-    model/attention), incompatible (weights that do not fit the model).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:  # noqa: BLE001  (pickle, zip and torch errors all mean "unreadable")
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if weights_only and refused:  # a real pickle, holding a class we do not load blindly
-            raise CheckpointError(
-                f"checkpoint {path} stores a Python object ({refused.group(1)}) that a "
-                "weights-only load refuses; if you trust the file, set weights_only=false"
-            ) from err
-        raise CheckpointError(
-            f"not a PyTorch checkpoint: {path} ({type(err).__name__}: {_short(err)})"
-        ) from err
-    if not isinstance(ckpt, Mapping):
-        raise CheckpointError(
-            f"not a Lightning checkpoint: {path} holds a {type(ckpt).__name__}, not a dict"
-        )
-    if "model_args" in ckpt and "model" in ckpt:  # nanoGPT's train.py format: softmax GPT-2
-        return _load_nanogpt(path, ckpt)
-    if "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"not a Lightning checkpoint: {path} has no 'state_dict' "
-            f"(top-level keys: {sorted(map(str, ckpt))[:8]})"
-        )
-    hparams = {k: plain(v) for k, v in dict(ckpt.get("hyper_parameters") or {}).items()}
-    lacking = [k for k in ("model", "attention") if not isinstance(hparams.get(k), Mapping)]
-    if lacking:
-        raise CheckpointError(
-            f"not a sysout checkpoint: {path}: its hyper_parameters lack {lacking} "
-            f"(found {sorted(hparams)}); sysout checkpoints are written by train.py"
-        )
-    model = _build(path, dict(hparams["model"]), dict(hparams["attention"]), ckpt["state_dict"])
-    return LoadedCheckpoint(path, model.eval(), hparams, ckpt.get("global_step"))
-
-
-def _load_nanogpt(path: Path, ckpt: Mapping[str, Any]) -> LoadedCheckpoint:
-    """nanoGPT's ``ckpt.pt`` (softmax) and the official systematic-outliers checkpoints (same
-    format; the variant from the saved config's ``model_type``, else from the keys)."""
-    from sysout.model import build_gpt
-    from sysout.model.convert import official_state_dict, official_variant
-
-    model_args = dict(ckpt["model_args"])
-    config = ckpt.get("config")
-    model_type = config.get("model_type") if isinstance(config, Mapping) else None
-    try:
-        variant = official_variant(ckpt["model"], model_type)
-        model = build_gpt(model_args, {"name": variant})
-        state = official_state_dict(ckpt["model"], model.config.n_head)
-        problems = _state_dict_problems(model.state_dict(), state)
-        if problems:
-            raise ValueError("; ".join(problems))
-        model.load_state_dict(state, strict=True)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(
-            f"incompatible checkpoint: {path} (nanoGPT format): {_short(err)}"
-        ) from err
-    hparams = {"model": model_args, "attention": {"name": variant}}
-    if model_type is not None:
-        hparams["official_model_type"] = model_type
-    return LoadedCheckpoint(path, model.eval(), hparams, ckpt.get("iter_num"))
+    """Rebuild the GPT of a sysout checkpoint (or of a nanoGPT ``ckpt.pt``) on CPU with the
+    strict loader of :mod:`sysout.model.checkpoint`; :class:`CheckpointError` says what is
+    wrong with the file."""
+    ckpt = load_gpt_checkpoint(path, weights_only=weights_only)
+    return LoadedCheckpoint(ckpt.path, ckpt.model, ckpt.hparams, ckpt.step)
 
 
 def load_entry(
