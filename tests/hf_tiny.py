@@ -144,3 +144,23 @@ def planted_input(batch: int = 2, seed: int = 1) -> torch.Tensor:
     idx = torch.randint(1, PLANTED, (batch, SEQ), generator=g)
     idx[:, 0] = PLANTED
     return idx
+
+
+TOKENIZER_WORDS = ["<unk>", "<s>", "</s>", "Summer", "is", "warm", ".", "Winter", "cold"]
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer (ids < VOCAB) that, like LLaMA's, puts ``<s>`` (id 1) first by
+    default; built offline with ``tokenizers``."""
+    import tokenizers as tk
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from tokenizers.processors import TemplateProcessing
+
+    vocab = {w: i for i, w in enumerate(TOKENIZER_WORDS)}
+    core = tk.Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = Whitespace()
+    core.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return T.PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )

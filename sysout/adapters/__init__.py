@@ -20,6 +20,7 @@ from sysout.adapters.base import (
     replace_hidden_states,
     supported_families,
 )
+from sysout.adapters.hf import encode_text
 
 __all__ = [
     "AttentionCapture",
@@ -27,6 +28,7 @@ __all__ = [
     "ModelAdapter",
     "StopForward",
     "adapter_for",
+    "encode_text",
     "first_tensor",
     "hidden_states_argument",
     "is_conv1d",

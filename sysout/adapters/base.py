@@ -36,7 +36,9 @@ class BlockParts:
     ``up_proj`` / ``gate_proj`` / ``act`` are the MLP's other stages (``gate_proj`` is None
     without a gated MLP, ``act`` None when the activation is a function, not a module);
     ``attn_norm`` / ``mlp_norm`` are the pre-attention and pre-MLP norms (``mlp_norm`` is None
-    when attention and MLP read the same norm, as in Phi's parallel block).
+    when attention and MLP read the same norm, as in Phi's parallel block). ``attn_out_proj`` is
+    the attention's output projection: its input is the per-head output (softmax(s) v) of every
+    head, concatenated (None when the family does not name it).
     """
 
     block: nn.Module
@@ -47,6 +49,7 @@ class BlockParts:
     act: nn.Module | None
     attn_norm: nn.Module | None
     mlp_norm: nn.Module | None
+    attn_out_proj: nn.Module | None = None
 
 
 @dataclass
@@ -167,6 +170,20 @@ class ModelAdapter:
     def max_length(self) -> int | None:
         """The longest sequence the model accepts (block size / position table), if known."""
         return None
+
+    @property
+    def attention_residual(self) -> bool:
+        """True when every block adds its attention's (first) output to the block's input before
+        the MLP reads it (a sequential block: the mid-block residual sum is that input plus the
+        attention output). False for parallel blocks (Phi, GPT-NeoX with
+        ``use_parallel_residual``), whose only residual sum is the block output."""
+        return False
+
+    @property
+    def output_is_residual(self) -> bool:
+        """True when a block's output is its residual sum (False: a post-LN block, OPT-350m,
+        ends in a norm)."""
+        return True
 
     def output_head(self) -> nn.Module | None:
         """The LM head (left out of compression by default)."""

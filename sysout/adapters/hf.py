@@ -66,6 +66,16 @@ def _get(root: nn.Module, path: str | None) -> nn.Module | None:
         return None
 
 
+def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of ``text`` by a transformers tokenizer. Without special tokens by default:
+    every anchor script (An et al.'s ``existence_*`` / ``lifecycle_*`` / ``pos_*`` and
+    ``lib/load_data.py``, Sun et al.'s ``main_llm.py``) tokenizes with
+    ``add_special_tokens=False``, so their token 0 is the first text token, not LLaMA's ``<s>``;
+    ``add_special_tokens=True`` adds what the tokenizer adds by default."""
+    ids = tokenizer(text, add_special_tokens=bool(add_special_tokens), verbose=False)["input_ids"]
+    return [int(i) for i in ids]
+
+
 def _heads(x: Tensor, n_heads: int) -> Tensor:
     """[B, T, n*d] -> [B, n, T, d]."""
     b, t, width = x.shape
@@ -123,7 +133,18 @@ class HFCausalLMAdapter(ModelAdapter):
             act=_get(b, lay.act),
             attn_norm=_get(b, lay.attn_norm),
             mlp_norm=_get(b, lay.mlp_norm),
+            attn_out_proj=_get(b.get_submodule(lay.attn), lay.out_proj),
         )
+
+    @property
+    def attention_residual(self) -> bool:
+        # Phi's parallel block reads one norm; GPT-NeoX may add attention and MLP in parallel.
+        parallel = bool(getattr(self.config, "use_parallel_residual", False))
+        return self.layout.mlp_norm is not None and not parallel
+
+    @property
+    def output_is_residual(self) -> bool:
+        return bool(getattr(self.config, "do_layer_norm_before", True))  # OPT-350m: post-LN
 
     def final_norm(self) -> nn.Module | None:
         return _get(self.model, self.layout.final_norm)
@@ -142,12 +163,12 @@ class HFCausalLMAdapter(ModelAdapter):
         tok = self.tokenizer
         return super().decode(token_id) if tok is None else tok.decode([int(token_id)])
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; no BOS by default, as the anchors' analyses feed text."""
         tok = self.tokenizer
         if tok is None:
             raise RuntimeError(f"{self.name} has no tokenizer (load it with hf_load.load_hf_model)")
-        # The tokenizer's own special tokens (LLaMA's BOS) as the official analyses feed them.
-        return list(tok(text)["input_ids"])
+        return encode_text(tok, text, add_special_tokens)
 
     # --- forward ------------------------------------------------------------------------------
     def logits(self, idx: Tensor) -> Tensor:

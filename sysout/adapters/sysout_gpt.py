@@ -48,7 +48,12 @@ class SysoutGPTAdapter(ModelAdapter):
             act=b.mlp.act,
             attn_norm=b.ln_1,
             mlp_norm=b.ln_2,
+            attn_out_proj=b.attn.c_proj,
         )
+
+    @property
+    def attention_residual(self) -> bool:
+        return True  # Block.forward: x = x + attn(ln_1(x)); x + mlp(ln_2(x))
 
     def final_norm(self) -> nn.Module:
         return self.model.transformer.ln_f

@@ -4,7 +4,9 @@ Every transformation is a context manager that edits a model in place and restor
 on exit; :mod:`sysout.compress.methods` names them for the robustness tables of SPEC section 5.
 They act on the projection layers the model's adapter names (``nn.Linear`` and Hugging Face's
 ``Conv1D`` alike, through their ``[out, in]`` weight view), leave the LM head out, and take their
-outlier thresholds from :class:`sysout.outliers.rules.OutlierThresholds`.
+outlier thresholds from :class:`sysout.outliers.rules.OutlierThresholds`. ``w8a8_static``
+(:mod:`sysout.compress.static_int8`) also quantizes norms, embeddings, attention internals and
+the residual stream, through the same adapter.
 """
 
 from .layers import Targets, WeightSnapshot, name_matches, select_targets
@@ -47,6 +49,8 @@ from .quantize import (
     qmax_for,
     quantized,
 )
+from .static_int8 import StaticInt8Config, StaticInt8Record, static_int8
+from .static_ops import ActQuantizer, mse_weight_range, percentiles
 from .static_quant import (
     StaticQuantConfig,
     StaticQuantRecord,
@@ -58,6 +62,12 @@ from .static_quant import (
 )
 
 __all__ = [
+    "ActQuantizer",
+    "StaticInt8Config",
+    "StaticInt8Record",
+    "mse_weight_range",
+    "percentiles",
+    "static_int8",
     "KINDS",
     "METHODS",
     "BaselineRecord",

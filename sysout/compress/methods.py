@@ -2,8 +2,11 @@
 
 Every entry is a callable ``method(model, calibration, thresholds) -> context manager``; inside
 the ``with`` block the model is compressed (or probed), on exit it is restored exactly.
-``calibration`` is a list of LongTensor [B, T] token-id batches (needed by the static quantizer,
-Wanda and the massive-activation probes; others ignore it); ``thresholds`` an
+``calibration`` is a list of LongTensor [B, T] token-id batches (needed by the static quantizers,
+Wanda and the massive-activation probes; others ignore it), or a mapping from calibration-set
+name to such a list: each method then takes its own ``calibration_set`` (``"calibration"``: the
+validation windows; ``"train"``: training batches, what ``w8a8_static`` estimates ranges on, as
+Bondarenko et al. do); ``thresholds`` an
 :class:`~sysout.outliers.rules.OutlierThresholds` (or a mapping of overrides; the probes detect
 outliers with it).  Entries stack:
 ``with apply_methods(model, ["gamma_reset_one", "w8a8"], cal): ...``.
@@ -29,6 +32,8 @@ from .massive import calibrate_massive_activations, replace_massive_activations
 from .mitigate import reset_gamma_outliers
 from .prune import pruned
 from .quantize import QuantConfig, quantized
+from .static_int8 import StaticInt8Config, static_int8
+from .static_ops import DEFAULT_MOMENTUM
 from .static_quant import DEFAULT_PERCENTILE, StaticQuantConfig, static_quantized
 
 
@@ -58,17 +63,22 @@ class Method:
     factory: Factory
     needs_calibration: bool = False
     anchor: str = ""
+    calibration_set: str = "calibration"  # which set of a calibration mapping it takes
 
     def __call__(
         self,
         model: nn.Module,
-        calibration: Sequence[Any] | None = None,
+        calibration: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
         thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
     ) -> AbstractContextManager[Any]:
+        if isinstance(calibration, Mapping):  # one list per calibration set
+            calibration = calibration.get(self.calibration_set)
         if isinstance(calibration, torch.Tensor):  # one batch
             calibration = [calibration]
         if self.needs_calibration and (calibration is None or len(calibration) == 0):
-            raise ValueError(f"method {self.name!r} needs calibration batches")
+            raise ValueError(
+                f"method {self.name!r} needs calibration batches (set {self.calibration_set!r})"
+            )
         return self.factory(model, calibration, OutlierThresholds.from_any(thresholds))
 
 
@@ -99,6 +109,9 @@ _RTN = "RTN symmetric, restricted range: W{w} per output channel, A{a} dynamic p
 _WANDA = "Wanda lib/prune.py (locuslab/wanda)"
 _SUN = "Sun et al. 2024, lib/hook.py (locuslab/massive-activations)"
 _RAMAN = "Raman et al. 2025 (Rethinking the outlier distribution in LLMs)"
+_BONDARENKO = (
+    "Bondarenko et al. 2023 (Quantizable Transformers), Qualcomm outlier-free-transformers"
+)
 _MASSIVE = "massive activations (SPEC 2) in the output of the block that creates them"
 
 _ENTRIES = [
@@ -126,11 +139,28 @@ _ENTRIES = [
     Method(
         "w8a8_static",
         "quantize",
-        "W8 symmetric per tensor; A8 static asymmetric per tensor, range clipped at the "
-        f"{DEFAULT_PERCENTILE:g}th percentile, calibrated once",
+        "static INT8 of every op: W8 symmetric per tensor, MSE-optimal range (grid search); A8 "
+        "static asymmetric per tensor on every op's output (embeddings, norms, every Linear, "
+        "MLP activation, attention head outputs, softmax in/out where reachable, residual sums), "
+        "range = EMA "
+        f"(momentum {DEFAULT_MOMENTUM:g}) of per-batch {100 - DEFAULT_PERCENTILE:.3f}/"
+        f"{DEFAULT_PERCENTILE:g} percentiles over 4 training batches; LM head in full precision",
+        lambda model, cal, th: static_int8(model, cal, StaticInt8Config()),
+        needs_calibration=True,
+        anchor=_BONDARENKO + " validate_clm.py --quant_setup fp32_head --ranges_acts "
+        "running_minmax --percentile 99.999 --est_num_batches 4, weights MSE grid",
+        calibration_set="train",
+    ),
+    Method(
+        "w8a8_static_linear_inputs",
+        "quantize",
+        "W8 symmetric per tensor (absmax); A8 static asymmetric per tensor on the input of every "
+        f"projection only, range clipped at the {DEFAULT_PERCENTILE:g}th percentile per "
+        "sequence, averaged over the validation calibration windows",
         lambda model, cal, th: static_quantized(model, cal, StaticQuantConfig()),
         needs_calibration=True,
-        anchor="Bondarenko et al. 2023 (Quantizable Transformers), static PTQ setting",
+        anchor="sysout's narrower variant of " + _BONDARENKO + " (Linear inputs only, absmax "
+        "weights: not their scope or estimators)",
     ),
     Method(
         "w8_absmax",
@@ -244,7 +274,7 @@ def register_method(method: Method, overwrite: bool = False) -> None:
 def apply_methods(
     model: nn.Module,
     names: Sequence[str],
-    calibration: Sequence[Any] | None = None,
+    calibration: Sequence[Any] | Mapping[str, Sequence[Any]] | None = None,
     thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
 ) -> Iterator[list[Any]]:
     """Enter several methods in order (e.g. a mitigation probe, then a quantizer); yields their

@@ -1,9 +1,10 @@
-"""Static asymmetric per-tensor activation quantization, calibrated once (SPEC section 5).
+"""Static asymmetric per-tensor quantization of the projections' inputs, calibrated once
+(``w8a8_static_linear_inputs``).
 
-Bondarenko et al. 2023 ("Quantizable Transformers") measure 8-bit post-training quantization
-with *static* activation ranges: one (scale, zero point) per activation tensor, fixed after a
-calibration pass, on an asymmetric uniform grid, with the range clipped at a percentile of the
-calibration values; weights on a symmetric grid.  Here:
+A narrower relative of Bondarenko et al. 2023's static W8A8 (*Quantizable Transformers*), kept
+under a name that says what it is: they quantize every op's output (the residual sums
+included) with MSE weight ranges and an EMA of percentiles over training batches, which is
+``w8a8_static`` (:mod:`sysout.compress.static_int8`). Here:
 
 * activations = the input of every projection (Linear / Conv1D; the LM head left out), as the
   other quantizers of :mod:`sysout.compress` do;

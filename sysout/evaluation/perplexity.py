@@ -6,6 +6,11 @@ targets the previous window did not reach (Hugging Face's strided-perplexity met
 ``stride == block_size`` the windows do not overlap and this is nanoGPT's validation loss
 (``x = tokens[s:s+T], y = tokens[s+1:s+T+1]``) plus a shorter last window for the remainder; with
 a smaller stride each scored token sees at least ``block_size - stride`` tokens of context.
+
+``independent=True`` is Sun et al.'s and An et al.'s WikiText protocol (``lib/load_data.py``
+``get_wikitext``, ``lib/eval_utils.py`` ``eval_ppl``): ``num_tokens // block_size`` disjoint
+windows of ``block_size`` tokens, each scored on its own (``block_size - 1`` targets: the first
+token of a window is never a target, the last logit is unused), the remainder dropped.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from torch import nn
 @dataclass(frozen=True)
 class Window:
     start: int  # first input token
-    length: int  # input tokens (= targets) in this window
+    length: int  # input tokens (= targets, unless ``inside``) in this window
     scored: int  # the last ``scored`` targets count towards the mean
+    inside: bool = False  # targets only inside the window: ``length - 1`` of them
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,34 @@ def window_plan(num_tokens: int, block_size: int, stride: int | None = None) -> 
     return plan
 
 
+def independent_plan(num_tokens: int, block_size: int) -> list[Window]:
+    """Disjoint windows of ``block_size`` tokens scored on their own, remainder dropped (see the
+    module docstring)."""
+    if block_size < 2:
+        raise ValueError(f"independent windows need block_size >= 2, got {block_size}")
+    count = num_tokens // block_size
+    if count == 0:
+        raise ValueError(
+            f"{num_tokens} tokens are fewer than one window of {block_size}: independent windows "
+            "drop the remainder, so nothing would be scored (lower the window or use more text)"
+        )
+    return [Window(i * block_size, block_size, block_size - 1, True) for i in range(count)]
+
+
+def plan_windows(
+    num_tokens: int, block_size: int, stride: int | None = None, independent: bool = False
+) -> list[Window]:
+    """:func:`independent_plan` or :func:`window_plan` (a stride needs chained windows)."""
+    if not independent:
+        return window_plan(num_tokens, block_size, stride)
+    if stride is not None and int(stride) != block_size:
+        raise ValueError(
+            f"independent windows do not overlap: stride must be null, got {stride} (set "
+            "stride=null, or use a chained stream such as eval_stream=blank_lines)"
+        )
+    return independent_plan(num_tokens, block_size)
+
+
 def _batches(plan: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
     # Only windows of equal length can share a batch (only the last window may be shorter).
     for _, group in itertools.groupby(plan, key=lambda w: w.length):
@@ -91,6 +125,7 @@ def perplexity(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
+    independent: bool = False,
 ) -> PerplexityResult:
     """Mean next-token NLL (and ``.ppl``) of ``model`` on ``tokens`` over strided windows.
 
@@ -98,25 +133,28 @@ def perplexity(
     with ``.logits`` (a transformers causal LM).
     ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward under autocast; the loss is
     always computed in float32 and summed in float64. ``progress(n)`` is called after each batch
-    with the number of windows done.
+    with the number of windows done. ``independent``: Sun et al.'s disjoint windows (module
+    docstring).
     """
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     # On the device once: every window is then a slice, with no copy per batch.
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).to(device)
-    plan = window_plan(len(ids), block_size, stride)
+    plan = plan_windows(len(ids), block_size, stride, independent)
     cast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     try:
         for batch in _batches(plan, max(1, int(batch_size))):
-            length = batch[0].length
-            xy = torch.stack([ids[w.start : w.start + length + 1] for w in batch])
-            x, y = xy[:, :-1], xy[:, 1:]
+            length, inside = batch[0].length, batch[0].inside
+            xy = torch.stack([ids[w.start : w.start + length + (not inside)] for w in batch])
+            x, y = (xy, xy[:, 1:]) if inside else (xy[:, :-1], xy[:, 1:])
             with cast:
                 logits = _logits(model, x)
+            if inside:  # the last position predicts a token outside the window: unused
+                logits, length = logits[:, :-1], length - 1
             nll = F.cross_entropy(
                 logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
             ).view(len(batch), length)

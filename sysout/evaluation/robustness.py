@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,13 @@ def normalize_methods(specs: str | Iterable[str] | None) -> list[str]:
 
 
 def needs_calibration(spec: str) -> bool:
-    return any(get_method(name).needs_calibration for name in parse_method_spec(spec))
+    return bool(calibration_sets(spec))
+
+
+def calibration_sets(spec: str) -> set[str]:
+    """The calibration sets (``calibration``, ``train``) the methods of ``spec`` need."""
+    methods = [get_method(name) for name in parse_method_spec(spec)]
+    return {m.calibration_set for m in methods if m.needs_calibration}
 
 
 def model_fingerprint(model: nn.Module) -> tuple[torch.Tensor, int]:
@@ -127,15 +133,17 @@ def evaluate_methods(
     model: nn.Module,
     specs: Sequence[str],
     measure: Callable[[nn.Module], Any],
-    calibration: Sequence[torch.Tensor] | None = None,
-    calibration_error: str | None = None,
+    calibration: Sequence[torch.Tensor] | Mapping[str, Sequence[torch.Tensor]] | None = None,
+    calibration_error: str | Mapping[str, str] | None = None,
     on_done: Callable[[MethodResult], None] | None = None,
     thresholds: OutlierThresholds | None = None,
 ) -> list[MethodResult]:
     """For each spec: apply it, ``measure(model)`` (an object with ``nll`` and ``tokens``), undo.
 
-    ``calibration`` are token batches for the methods that need them; when they could not be
-    built, ``calibration_error`` says why and those methods fail with it (the others still run).
+    ``calibration`` are token batches for the methods that need them, or one list per
+    calibration set (``{"calibration": ..., "train": ...}``, each method takes its own); when
+    they could not be built, ``calibration_error`` (one string, or one per set) says why and
+    those methods fail with it (the others still run).
     ``thresholds`` (SPEC 2's, default the SPEC's) are what the mitigation probes detect with.
     After each method the model is checked to be restored; if it is not, RuntimeError (every
     later number would be wrong).
@@ -147,8 +155,14 @@ def evaluate_methods(
         result = MethodResult(spec)
         start = time.perf_counter()
         try:
-            if calibration_error and needs_calibration(spec):
-                raise RuntimeError(f"no calibration data: {calibration_error}")
+            for missing in sorted(calibration_sets(spec)):
+                why = (
+                    calibration_error.get(missing)
+                    if isinstance(calibration_error, Mapping)
+                    else calibration_error
+                )
+                if why:
+                    raise RuntimeError(f"no calibration data: {why} (calibration set {missing!r})")
             names = parse_method_spec(spec)
             with apply_methods(model, names, calibration, thresholds) as records:
                 measured = measure(model)

@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from sysout.adapters import encode_text
 from sysout.data import DataSourceError, get_tokenizer, probe_windows_from_tokens
+from sysout.evaluation.calibration import build_calibration
 from sysout.evaluation.checkpoints import (
     CheckpointEntry,
     LoadedCheckpoint,
@@ -31,7 +33,8 @@ from sysout.evaluation.checkpoints import (
     resolve_checkpoints,
 )
 from sysout.evaluation.outlier_report import outlier_report, write_outlier_summary
-from sysout.evaluation.perplexity import perplexity, window_plan
+from sysout.evaluation.perplexity import perplexity, plan_windows
+from sysout.evaluation.protocol import EvalProtocol
 from sysout.evaluation.report import (
     log_results,
     plot_robustness,
@@ -40,11 +43,11 @@ from sysout.evaluation.report import (
 )
 from sysout.evaluation.robustness import (
     CheckpointResult,
+    calibration_sets,
     evaluate_methods,
-    needs_calibration,
     normalize_methods,
 )
-from sysout.evaluation.texts import Texts, calibration_windows, load_source
+from sysout.evaluation.texts import Texts, load_source
 from sysout.loggers import build_loggers, close_loggers
 from sysout.outliers.rules import OutlierThresholds
 
@@ -96,10 +99,17 @@ def _block_size(loaded: LoadedCheckpoint, cfg: DictConfig) -> int:
 
 
 # ----------------------------------------------------------------------------- one checkpoint
-def _measure(tokens: np.ndarray, block_size: int, stride: int | None, cfg: DictConfig, desc: str):
+def _measure(
+    tokens: np.ndarray,
+    block_size: int,
+    stride: int | None,
+    cfg: DictConfig,
+    desc: str,
+    independent: bool = False,
+):
     """``model -> PerplexityResult`` on ``tokens``, with a progress bar over the windows."""
     device, dtype = resolve_device(cfg.device), resolve_precision(cfg.precision)
-    total = len(window_plan(len(tokens), block_size, stride))
+    total = len(plan_windows(len(tokens), block_size, stride, independent))
 
     def measure(model: torch.nn.Module):
         with tqdm(total=total, desc=desc, unit="win", leave=False, disable=not cfg.progress) as bar:
@@ -112,6 +122,7 @@ def _measure(tokens: np.ndarray, block_size: int, stride: int | None, cfg: DictC
                 device,
                 dtype,
                 progress=bar.update,
+                independent=independent,
             )
 
     return measure
@@ -144,20 +155,24 @@ def evaluate_checkpoint(
             raise ValueError(f"stride={stride} must be in [1, block_size={block}] of this model")
         run_cfg = entry.run_config()
         tok = loaded.tokenizer
+        protocol = EvalProtocol.from_config(cfg)
+        special = protocol.add_special_tokens
         result.info.update(block_size=block, stride=stride or block)
         if loaded.is_hf:
             result.info.update(
                 dtype=loaded.hparams.get("dtype"),
                 tokenizer=getattr(tok, "name_or_path", None) or "gpt2 BPE (tiktoken)",
+                add_special_tokens=special,
             )
-            eval_tokens = _model_tokens(eval_tokens, texts, cfg, tok, model)
+            eval_tokens = _model_tokens(eval_tokens, texts, cfg, tok, model, protocol)
 
-        val_tokens = _validation(result, model, block, run_cfg, texts, cfg, tok)
-        calibration, cal_error = None, None
-        if any(needs_calibration(m) for m in methods):
-            calibration, cal_error = _calibration_batches(result, block, run_cfg, texts, cfg, tok)
+        val_tokens = _validation(result, model, block, run_cfg, texts, cfg, tok, special)
+        needed = set().union(*(calibration_sets(m) for m in methods))
+        calibration, cal_errors = build_calibration(
+            needed, result, block, run_cfg, texts, cfg, tok, special
+        )
 
-        measure = _measure(eval_tokens, block, stride, cfg, desc="windows")
+        measure = _measure(eval_tokens, block, stride, cfg, "windows", protocol.independent)
         result.info.update(eval_tokens=len(eval_tokens))
 
         result.methods = []
@@ -180,7 +195,7 @@ def evaluate_checkpoint(
                 methods,
                 measure,
                 calibration,
-                cal_error,
+                cal_errors,
                 on_done=done,
                 thresholds=_thresholds(cfg),
             )
@@ -193,6 +208,7 @@ def evaluate_checkpoint(
                 cfg,
                 out_dir / result.label,
                 tok,
+                special,
             )
     except Exception as err:  # noqa: BLE001  (the other checkpoints' rows must survive)
         result.error = f"{type(err).__name__}: {' '.join(str(err).split())}"
@@ -208,7 +224,12 @@ def evaluate_checkpoint(
 
 
 def _model_tokens(
-    gpt2_tokens: np.ndarray, texts: Texts, cfg: DictConfig, tok: Any, model: torch.nn.Module
+    gpt2_tokens: np.ndarray,
+    texts: Texts,
+    cfg: DictConfig,
+    tok: Any,
+    model: torch.nn.Module,
+    protocol: EvalProtocol,
 ) -> np.ndarray:
     """The evaluation text for a Hugging Face model: tokenized with its own tokenizer; without
     one, GPT-2's BPE ids, which must fit its vocabulary."""
@@ -220,12 +241,9 @@ def _model_tokens(
                 "GPT-2's: put tokenizer files in its folder"
             )
         return gpt2_tokens
-    tokens = texts.load(cfg.eval_text, "eval", "eval_text", _stream(cfg), tok)
+    special = protocol.add_special_tokens
+    tokens = texts.load(cfg.eval_text, "eval", "eval_text", protocol.stream, tok, special)
     return tokens[: int(cfg.max_eval_tokens)] if cfg.max_eval_tokens is not None else tokens
-
-
-def _stream(cfg: DictConfig) -> str:
-    return str(OmegaConf.select(cfg, "eval_stream", default="concat") or "concat")
 
 
 def _validation(
@@ -236,12 +254,13 @@ def _validation(
     texts: Texts,
     cfg: DictConfig,
     tok: Any | None = None,
+    special: bool = False,
 ) -> np.ndarray | None:
     """The run's validation loss (train.py's val/loss: the first ``windows`` non-overlapping
     windows of its val split). A missing val text is a problem noted in the row, not a failure."""
     try:
         tokens, source, origin = load_source(
-            texts, cfg.val.source, cfg.val.fallback, run_cfg, "val", tok
+            texts, cfg.val.source, cfg.val.fallback, run_cfg, "val", tok, special
         )
         if tokens is None:
             return None
@@ -261,34 +280,6 @@ def _validation(
         return None
 
 
-def _calibration_batches(
-    result: CheckpointResult,
-    block: int,
-    run_cfg: DictConfig | None,
-    texts: Texts,
-    cfg: DictConfig,
-    tok: Any | None = None,
-) -> tuple[list[torch.Tensor] | None, str | None]:
-    c = cfg.calibration
-    try:
-        tokens, source, origin = load_source(
-            texts, c.source, c.fallback, run_cfg, "calibration", tok
-        )
-        if tokens is None:
-            raise DataSourceError("calibration.source is null")
-        batches = calibration_windows(
-            tokens, block, int(c.windows), int(cfg.batch_size), int(c.seed)
-        )
-        result.info.update(
-            calibration_text=source.get("path"),
-            calibration_origin=origin,
-            calibration_windows=int(c.windows),
-        )
-        return batches, None
-    except Exception as err:  # noqa: BLE001  (only the methods that need it will fail)
-        return None, f"{type(err).__name__}: {err}"
-
-
 def _outliers(
     result: CheckpointResult,
     model: torch.nn.Module,
@@ -297,6 +288,7 @@ def _outliers(
     cfg: DictConfig,
     out_dir: Path,
     tok: Any | None = None,
+    special: bool = False,
 ) -> None:
     try:
         probe = cfg.probe
@@ -305,8 +297,8 @@ def _outliers(
             if len(tokens) > block
             else None
         )
-        if tok is not None:  # a Hugging Face model's own tokenizer (LLaMA's BOS included)
-            encode = lambda text: list(tok(text)["input_ids"])
+        if tok is not None:  # a Hugging Face model's own tokenizer (no BOS unless asked)
+            encode = lambda text: encode_text(tok, text, special)
             decode = lambda i: tok.decode([int(i)])
         else:
             enc = get_tokenizer(cfg.tiktoken_cache_dir)
@@ -343,8 +335,9 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
         hf_dtype=_hf_options(cfg).get("dtype", "fp32"),
         device=device,
     )
+    protocol = EvalProtocol.from_config(cfg)
     texts = Texts(cfg.cache_dir, cfg.tiktoken_cache_dir)
-    eval_tokens = texts.load(cfg.eval_text, "eval", "eval_text", _stream(cfg))
+    eval_tokens = texts.load(cfg.eval_text, "eval", "eval_text", protocol.stream)
     if cfg.max_eval_tokens is not None:
         eval_tokens = eval_tokens[: int(cfg.max_eval_tokens)]
     if len(eval_tokens) < 2:
@@ -365,13 +358,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
     hf_cap = _hf_options(cfg).get("max_length")
     meta = {
         "eval text": f"{cfg.eval_text.path} ({len(eval_tokens)} GPT-2 tokens)",
-        "stream": {
-            "concat": "rows concatenated as stored",
-            "blank_lines": 'rows joined with "\\n\\n" (lm-eval / massive-activations)',
-        }[_stream(cfg)],
-        "window": "each model's block size"
-        + (f" (hf: context capped at {hf_cap})" if hf_cap else " (hf: its context length)"),
-        "stride": cfg.stride or "window (non-overlapping windows)",
+        **protocol.header(cfg.eval_text, hf_cap),
         "precision": cfg.precision,
         "device": str(resolve_device(cfg.device)),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -12,22 +12,44 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sysout.adapters import encode_text
 from sysout.data import DataSourceError, RandomWindows, TextSource, get_tokenizer, load_tokens
+from sysout.data.sources import LOCAL_JSON_SUFFIXES
 from sysout.evaluation.checkpoints import plain
 
 log = logging.getLogger(__name__)
 
 # How the evaluation text's rows become one stream: "concat" as stored (through the token
-# cache); "blank_lines" joins the rows with "\n\n", as lm-eval-harness and the massive-activations
-# code stream WikiText-2 ("\n\n".join(test["text"])).
-STREAMS = ("concat", "blank_lines")
+# cache); "blank_lines" joins the rows with "\n\n" ("\n\n".join(rows), rows as the dataset
+# stores them, empty ones included); "sun" is that stream scored as Sun et al. and An et al. do
+# (no special tokens, independent windows, remainder dropped: sysout.evaluation.protocol).
+STREAMS = ("concat", "blank_lines", "sun")
 
 
-def _rows(src: TextSource, where: str) -> list[str]:
-    """The text's rows as the hub dataset stores WikiText (each line with its newline)."""
+def source_rows(src: TextSource, where: str) -> list[str]:
+    """The source's rows as its dataset stores them: a hub (or JSON) dataset's rows verbatim,
+    empty rows included; a local text file's lines, each with its newline (CRLF read as LF).
+    A local text file has no empty rows where the hub has them (``wiki.test.raw`` here lacks
+    the hub's 1,467), so its "\n\n" join is not the hub's."""
     docs = src.load_documents(where)[src.text_field]
-    text = "".join(d.replace("\r\n", "\n") for d in docs)
-    return text.splitlines(keepends=True)
+    if is_local_text(src, where):
+        text = "".join(d.replace("\r\n", "\n") for d in docs)
+        return text.splitlines(keepends=True)
+    return [str(d) for d in docs]
+
+
+def is_local_text(src: TextSource, where: str = "eval_text") -> bool:
+    """A local source read as plain text (not JSON rows)."""
+    if src.kind != "local":
+        return False
+    return not all(str(f).endswith(LOCAL_JSON_SUFFIXES) for f in src.local_files(where))
+
+
+def stream_text(rows: list[str], stream: str) -> str:
+    """The one string a stream scores: rows as stored, or joined with "\n\n"."""
+    if stream not in STREAMS:
+        raise ValueError(f"eval_stream must be one of {STREAMS}, got {stream!r}")
+    return "".join(rows) if stream == "concat" else "\n\n".join(rows)
 
 
 class Texts:
@@ -46,24 +68,28 @@ class Texts:
         where: str,
         stream: str = "concat",
         tokenizer: Any | None = None,
+        add_special_tokens: bool = False,
     ) -> np.ndarray:
+        """Token ids of ``source`` as ``stream``: GPT-2's BPE (no special tokens), or
+        ``tokenizer``'s ids, with its special tokens (LLaMA's ``<s>``) only when
+        ``add_special_tokens`` (the anchors tokenize without them)."""
         if stream not in STREAMS:
             raise ValueError(f"{where}: stream must be one of {STREAMS}, got {stream!r}")
         src = TextSource.from_config(plain(source), where=where)
-        key = (src, stream, None if tokenizer is None else getattr(tokenizer, "name_or_path", ""))
+        name = None if tokenizer is None else getattr(tokenizer, "name_or_path", "")
+        key = (src, stream, name, bool(add_special_tokens) and tokenizer is not None)
         if key in self._tokens:
             return self._tokens[key]
         if tokenizer is None and stream == "concat":
             ids = load_tokens(src, split, self.cache_dir, self.tiktoken_cache_dir, where=where)
         else:
-            rows = _rows(src, where)
-            text = "\n\n".join(rows) if stream == "blank_lines" else "".join(rows)
+            text = stream_text(source_rows(src, where), stream)
             if not text:
                 raise DataSourceError(f"{where}: the text is empty ({split} split): {src.path}")
             if tokenizer is None:
                 ids = np.asarray(get_tokenizer(self.tiktoken_cache_dir).encode_ordinary(text))
-            else:  # the model's own special tokens (LLaMA's BOS), as the anchors tokenize
-                ids = np.asarray(tokenizer(text, verbose=False)["input_ids"])
+            else:
+                ids = np.asarray(encode_text(tokenizer, text, add_special_tokens))
             ids = ids.astype(np.int64)
         self._tokens[key] = ids
         return ids
@@ -101,6 +127,7 @@ def load_source(
     run_cfg: DictConfig | None,
     where: str,
     tokenizer: Any | None = None,
+    add_special_tokens: bool = False,
 ) -> tuple[np.ndarray | None, dict[str, Any] | None, str]:
     """Tokens of :func:`run_source`; when the run's own split cannot be loaded (a hub corpus
     offline, a moved file), the fallback instead. Returns (tokens, source, origin)."""
@@ -109,7 +136,7 @@ def load_source(
         return None, None, origin
     try:
         return (
-            texts.load(source, where, f"{where}.source", tokenizer=tokenizer),
+            texts.load(source, where, f"{where}.source", "concat", tokenizer, add_special_tokens),
             source,
             origin,
         )
@@ -119,7 +146,8 @@ def load_source(
             raise
         log.warning("%s: the run's text failed to load (%s); using %s.fallback", where, err, where)
         source = dict(fallback)
-        tokens = texts.load(source, where, f"{where}.fallback", tokenizer=tokenizer)
+        special = add_special_tokens
+        tokens = texts.load(source, where, f"{where}.fallback", "concat", tokenizer, special)
         return tokens, source, "fallback"
 
 
