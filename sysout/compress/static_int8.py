@@ -218,8 +218,8 @@ class _Installer:
         final = ad.final_norm()
         if final is not None:
             self.on_output(final, "final_norm", "norm")
-        if not ad.output_is_residual:
-            self.rec.not_reached.append("residual sums before a post-LN block's norms")
+        if not ad.output_is_residual:  # its "residual" quantizers see the final norm's output
+            self.rec.not_reached.append("the MLP residual sum before a post-LN block's norm")
 
     def _block(self, i: int, tap: _SoftmaxTap | None) -> set[int]:
         """Block ``i``'s quantizers; returns the projections quantized after their activation."""
@@ -291,13 +291,14 @@ def static_int8(
     """Quantize every op of ``model`` (module docstring) inside the block: weights on their
     MSE grids, activations with ranges estimated on the first ``config.num_batches``
     calibration batches (LongTensor [B, T]). Weights restored bit for bit, hooks removed and
-    ``torch.nn.functional.softmax`` put back on exit."""
+    ``torch.nn.functional.softmax`` and the attention implementation put back on exit."""
     config = config or StaticInt8Config()
     batches = check_batches(calibration, "static INT8 quantization")[: int(config.num_batches)]
     ad = adapter_for(model)
     rec = StaticInt8Record(config=config, batches=len(batches))
-    tap = None
+    tap, impl = None, None
     if isinstance(ad, HFCausalLMAdapter):
+        impl = getattr(ad.config, "_attn_implementation", None)
         ad.ensure_eager()  # the eager attention calls softmax where the tap can see it
         tap = _SoftmaxTap()
     else:
@@ -320,6 +321,8 @@ def static_int8(
             if tap is not None:
                 F.softmax = tap.original
                 tap.active = None
+            if impl is not None and getattr(ad.config, "_attn_implementation", impl) != impl:
+                ad.model.set_attn_implementation(impl)  # as it was (SDPA is not bit-equal)
 
 
 def _quantize_weights(ad: ModelAdapter, installer: _Installer, edits: WeightSnapshot) -> None:
@@ -345,7 +348,14 @@ def _quantize_weights(ad: ModelAdapter, installer: _Installer, edits: WeightSnap
 
 def _drop_unreached(rec: StaticInt8Record, installer: _Installer) -> None:
     """Quantizers no calibration batch reached (a softmax the attention never called) are
-    named in ``not_reached`` and dropped."""
+    named in ``not_reached`` and dropped; an attention that called softmax more than once per
+    forward is refused (its two quantizers would mix several tensors)."""
+    for layer, (calls,) in installer.softmax_calls.items():
+        if calls not in (0, rec.batches):
+            raise RuntimeError(
+                f"layer {layer}'s attention called torch.nn.functional.softmax {calls} times in "
+                f"{rec.batches} forward passes: its softmax quantizers cannot be placed"
+            )
     for name, q in list(rec.quantizers.items()):
         if q.batches == 0:
             rec.not_reached.append(name)

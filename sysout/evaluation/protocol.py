@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sysout.data import TextSource
 from sysout.evaluation.checkpoints import plain
-from sysout.evaluation.texts import STREAMS, is_local_text
+from sysout.evaluation.texts import STREAMS, Texts, is_local_text
 
 #: Empty rows of the hub's wikitext-2-raw-v1 test split (4,358 rows, 2,891 with text).
 HUB_EMPTY_ROWS = 1467
@@ -111,3 +113,26 @@ def _is_hub_wikitext2_test(src: TextSource) -> bool:
         and src.name == "wikitext-2-raw-v1"
         and src.split == "test"
     )
+
+
+def model_tokens(
+    gpt2_tokens: np.ndarray,
+    texts: Texts,
+    cfg: DictConfig,
+    tok: Any,
+    model: torch.nn.Module,
+    protocol: EvalProtocol,
+) -> np.ndarray:
+    """The evaluation text for a Hugging Face model: tokenized with its own tokenizer; without
+    one, GPT-2's BPE ids, which must fit its vocabulary."""
+    if tok is None:
+        vocab = int(model.config.vocab_size)
+        if int(np.max(gpt2_tokens)) >= vocab:
+            raise ValueError(
+                f"the model has no tokenizer and its vocabulary ({vocab}) is smaller than "
+                "GPT-2's: put tokenizer files in its folder"
+            )
+        return gpt2_tokens
+    special = protocol.add_special_tokens
+    tokens = texts.load(cfg.eval_text, "eval", "eval_text", protocol.stream, tok, special)
+    return tokens[: int(cfg.max_eval_tokens)] if cfg.max_eval_tokens is not None else tokens

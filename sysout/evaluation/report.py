@@ -299,3 +299,20 @@ def log_results(
                 lg.save()
         except Exception as err:  # noqa: BLE001  (logging must not lose the files on disk)
             log.warning("could not log the evaluation to %s: %s", type(lg).__name__, err)
+
+
+def print_summary(
+    results: list[CheckpointResult], methods: list[str], files: dict[str, Path]
+) -> None:
+    """The end-of-run summary on stdout: each checkpoint's val loss and baseline perplexity,
+    and where the files are."""
+    width = max([len(r.label) for r in results] + [10])
+    lines = ["", "=== sysout evaluation ===", f"{'checkpoint':<{width}}  val loss  baseline ppl"]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.label:<{width}}  FAILED: {r.error}")
+            continue
+        vl = f"{r.val_loss:8.4f}" if math.isfinite(r.val_loss) else "       -"
+        lines.append(f"{r.label:<{width}}  {vl}  {r.ppl(methods[0]):.4g}")
+    lines += [f"{k}: {Path(p).resolve()}" for k, p in files.items()]
+    print("\n".join(lines), flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,11 @@ from sysout.evaluation.checkpoints import (
 )
 from sysout.evaluation.outlier_report import outlier_report, write_outlier_summary
 from sysout.evaluation.perplexity import perplexity, plan_windows
-from sysout.evaluation.protocol import EvalProtocol
+from sysout.evaluation.protocol import EvalProtocol, model_tokens
 from sysout.evaluation.report import (
     log_results,
     plot_robustness,
+    print_summary,
     save_figure,
     write_robustness,
 )
@@ -164,7 +164,7 @@ def evaluate_checkpoint(
                 tokenizer=getattr(tok, "name_or_path", None) or "gpt2 BPE (tiktoken)",
                 add_special_tokens=special,
             )
-            eval_tokens = _model_tokens(eval_tokens, texts, cfg, tok, model, protocol)
+            eval_tokens = model_tokens(eval_tokens, texts, cfg, tok, model, protocol)
 
         val_tokens = _validation(result, model, block, run_cfg, texts, cfg, tok, special)
         needed = set().union(*(calibration_sets(m) for m in methods))
@@ -221,29 +221,6 @@ def evaluate_checkpoint(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return result
-
-
-def _model_tokens(
-    gpt2_tokens: np.ndarray,
-    texts: Texts,
-    cfg: DictConfig,
-    tok: Any,
-    model: torch.nn.Module,
-    protocol: EvalProtocol,
-) -> np.ndarray:
-    """The evaluation text for a Hugging Face model: tokenized with its own tokenizer; without
-    one, GPT-2's BPE ids, which must fit its vocabulary."""
-    if tok is None:
-        vocab = int(model.config.vocab_size)
-        if int(np.max(gpt2_tokens)) >= vocab:
-            raise ValueError(
-                f"the model has no tokenizer and its vocabulary ({vocab}) is smaller than "
-                "GPT-2's: put tokenizer files in its folder"
-            )
-        return gpt2_tokens
-    special = protocol.add_special_tokens
-    tokens = texts.load(cfg.eval_text, "eval", "eval_text", protocol.stream, tok, special)
-    return tokens[: int(cfg.max_eval_tokens)] if cfg.max_eval_tokens is not None else tokens
 
 
 def _validation(
@@ -392,7 +369,7 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
         log_results(loggers, results, methods, images)
     finally:
         close_loggers(loggers)
-    _print_summary(results, methods, files)
+    print_summary(results, methods, files)
 
     failed = [r for r in results if r.error]
     if failed and (len(failed) == len(results) or cfg.fail_on_error):
@@ -401,18 +378,3 @@ def evaluate(cfg: DictConfig) -> list[CheckpointResult]:
             + "; ".join(f"{r.checkpoint}: {r.error}" for r in failed)
         )
     return results
-
-
-def _print_summary(
-    results: list[CheckpointResult], methods: list[str], files: dict[str, Path]
-) -> None:
-    width = max([len(r.label) for r in results] + [10])
-    lines = ["", "=== sysout evaluation ===", f"{'checkpoint':<{width}}  val loss  baseline ppl"]
-    for r in results:
-        if r.error:
-            lines.append(f"{r.label:<{width}}  FAILED: {r.error}")
-            continue
-        vl = f"{r.val_loss:8.4f}" if math.isfinite(r.val_loss) else "       -"
-        lines.append(f"{r.label:<{width}}  {vl}  {r.ppl(methods[0]):.4g}")
-    lines += [f"{k}: {Path(p).resolve()}" for k, p in files.items()]
-    print("\n".join(lines), flush=True)
