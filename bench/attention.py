@@ -11,6 +11,7 @@ gradients).
     python bench/attention.py                       # GPT-2 shapes on the current GPU
     python bench/attention.py --variants softmax sink_logit --seq-lens 1024
     python bench/attention.py --smoke               # tiny CPU run through the Triton interpreter
+    python bench/attention.py --batch 8 --seq-lens 1024 4096 --sdpa-backends flash  # gpu-check
 """
 
 from __future__ import annotations
@@ -227,11 +228,11 @@ def bench_entry(args, name, impl_name, impl, B, H, T, D, device, dtype) -> dict:
     flops = causal_fwd_flops(B, H, T, D)
     try:
         variant = make_variant(name, H, D, device)
-        if args.check:
-            entry.update(check(variant, impl, T, device, dtype))
         qkv, q, k, v = make_inputs(B, H, T, D, device, dtype)
-        # x is the block input: variants that scale or gate compute their factor from it
-        x = torch.randn(B, T, H * D, device=device, dtype=dtype, requires_grad=True)
+        # x is the block input: variants that scale or gate compute their factor from it. It
+        # stays float32, as the residual stream does under bf16 autocast (a half x would meet
+        # the float32 weights of the scale / gate projections).
+        x = torch.randn(B, T, H * D, device=device, requires_grad=True)
         leaves = [qkv, x, *variant.parameters()]
         dy = torch.randn(B, H, T, D, device=device, dtype=dtype)
         fwd = lambda: impl(variant, q, k, v, x)
@@ -251,6 +252,10 @@ def bench_entry(args, name, impl_name, impl, B, H, T, D, device, dtype) -> dict:
             }
             for t in leaves:
                 t.grad = None
+        if args.check:
+            # After the timing: the kernels' autotune key leaves out the batch, so a batch-1
+            # check run first would choose the configs the timed (batch B) runs use.
+            entry.update(check(variant, impl, T, device, dtype))
     except torch.cuda.OutOfMemoryError:
         entry["error"] = "out of memory"
     except Exception as exc:  # keep going: one impl failing must not stop the table
@@ -258,6 +263,9 @@ def bench_entry(args, name, impl_name, impl, B, H, T, D, device, dtype) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return entry
+
+
+SDPA_BACKENDS = ("flash", "cudnn", "efficient")
 
 
 def implementations(args, name: str, flex: Flex | None, device) -> list[tuple[str, Impl]]:
@@ -270,12 +278,13 @@ def implementations(args, name: str, flex: Flex | None, device) -> list[tuple[st
         else:
             from torch.nn.attention import SDPBackend
 
-            for label, backend in (
-                ("sdpa-flash", SDPBackend.FLASH_ATTENTION),
-                ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
-                ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
-            ):
-                impls.append((label, sdpa_impl(backend)))
+            backends = {
+                "flash": SDPBackend.FLASH_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            }
+            for label in args.sdpa_backends:
+                impls.append((f"sdpa-{label}", sdpa_impl(backends[label])))
     if flex is not None and flex_expresses(kernel_args):
         impls.append(("flex", flex))
     if not args.no_reference:
@@ -325,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", default=names, choices=names)
     ap.add_argument("--seq-lens", nargs="+", type=int, default=[1024, 2048])
     ap.add_argument("--tokens", type=int, default=65536, help="batch = tokens // T")
+    ap.add_argument("--batch", type=int, default=None, help="one batch for every T (not --tokens)")
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -334,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetitions (ms)")
     ap.add_argument("--no-sdpa", action="store_true", help="skip torch SDPA backends")
+    ap.add_argument(
+        "--sdpa-backends", nargs="+", default=list(SDPA_BACKENDS), choices=SDPA_BACKENDS
+    )
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     ap.add_argument(
         "--no-reference",
@@ -364,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error("--smoke needs TRITON_INTERPRET=1 before triton is imported (run as a script)")
         device = torch.device("cpu")
         args.seq_lens, args.tokens, args.heads, args.head_dim = [33], 66, 2, 32
+        args.batch = None
         args.dtype, args.no_flex, args.rep_smoke = "fp32", True, 1
     else:
         if not torch.cuda.is_available():
@@ -372,18 +386,6 @@ def main(argv: list[str] | None = None) -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     flex = None if args.no_flex else Flex()
 
-    results = []
-    for T in args.seq_lens:
-        B = max(1, args.tokens // T)
-        for name in args.variants:
-            for impl_name, impl in implementations(args, name, flex, device):
-                entry = bench_entry(
-                    args, name, impl_name, impl, B, args.heads, T, args.head_dim, device, dtype
-                )
-                results.append(entry)
-                print(f"  {name} {impl_name} T={T}: " + (entry.get("error") or "ok"), flush=True)
-
-    print_table(results, args.modes)
     out = args.out or Path("benchmarks/results") / f"attention-{device_slug(device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -396,7 +398,21 @@ def main(argv: list[str] | None = None) -> None:
         "smoke": args.smoke,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    results: list[dict] = []
+    for T in args.seq_lens:
+        B = args.batch or max(1, args.tokens // T)
+        for name in args.variants:
+            for impl_name, impl in implementations(args, name, flex, device):
+                entry = bench_entry(
+                    args, name, impl_name, impl, B, args.heads, T, args.head_dim, device, dtype
+                )
+                results.append(entry)
+                print(f"  {name} {impl_name} T={T}: " + (entry.get("error") or "ok"), flush=True)
+                # after every entry: a run stopped by a time limit keeps what it measured
+                out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+    print_table(results, args.modes)
+    out.write_text(json.dumps({"meta": {**meta, "complete": True}, "results": results}, indent=2))
     print(f"wrote {out}")
 
 

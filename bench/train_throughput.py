@@ -1,9 +1,13 @@
 """Training throughput of GPT-2 per attention variant and implementation, on one device.
 
 For each (variant, impl) it times optimizer steps of the paper's recipe (AdamW, bf16 autocast on
-GPU, gradient clipping) and reports tokens/s, MFU (model FLOPs 6N + 12 L C T per token against the
-device's bf16 dense peak) and peak memory. The outlier callback's cost is measured by timing the
-probe itself and spreading it over its interval: overhead = probe time / (interval x step time).
+GPU, gradient clipping) and reports tokens/s and MFU (model FLOPs 6N + 12 L C T per token against
+the device's bf16 dense peak) as the training run's throughput callback
+(``sysout.callbacks.ThroughputCallback``) computes them, beside the bench's own step time, and
+peak memory. The outlier callback's cost is measured by timing the probe itself (under bf16
+autocast, as the callback probes under bf16-mixed) and spreading it over its interval:
+overhead = probe time / (interval x step time). Needs no Hydra/OmegaConf (plain YAML), so it runs
+on a GPU image that has only torch, triton and lightning.
 
     python bench/train_throughput.py                          # gpt2_small, every variant, CUDA
     python bench/train_throughput.py --smoke                  # tiny model on CPU, to check it runs
@@ -14,18 +18,36 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from omegaconf import OmegaConf
-
-from sysout.attention import variant_names
-from sysout.callbacks.throughput import peak_flops_for
-from sysout.model import build_gpt, flops_per_token
-from sysout.training.optim import OptimConfig, build_optimizer
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, uninstalled
+
+from sysout.attention import variant_names  # noqa: E402
+from sysout.callbacks.throughput import ThroughputCallback, peak_flops_for  # noqa: E402
+from sysout.model import build_gpt, flops_per_token  # noqa: E402
+from sysout.training.optim import OptimConfig, build_optimizer  # noqa: E402
+
+
+def load_yaml(*parts: str) -> dict:
+    """A config file of conf/ as a plain dict (these files use no interpolation)."""
+    return yaml.safe_load((ROOT / "conf" / Path(*parts)).read_text()) or {}
+
+
+class _Recorder:
+    """Collects what the throughput callback logs."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.metrics.update({k: float(v) for k, v in metrics.items()})
 
 
 def sync(device: torch.device) -> None:
@@ -44,12 +66,8 @@ def train_step(model, optimizer, x, y, accumulate: int, autocast: bool) -> None:
 
 
 def measure(args, variant: str, impl: str, device: torch.device) -> dict:
-    model_cfg = OmegaConf.to_container(
-        OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml")
-    )
-    attention_cfg = OmegaConf.to_container(
-        OmegaConf.load(ROOT / "conf" / "attention" / f"{variant}.yaml")
-    )
+    model_cfg = load_yaml("model", f"{args.model}.yaml")
+    attention_cfg = load_yaml("attention", f"{variant}.yaml")
     attention_cfg["impl"] = impl
     torch.manual_seed(0)
     model = build_gpt(model_cfg, attention_cfg).to(device)
@@ -65,15 +83,32 @@ def measure(args, variant: str, impl: str, device: torch.device) -> dict:
     for _ in range(args.warmup):
         train_step(model, optimizer, x, y, args.accumulate, autocast)
     sync(device)
+    # The training run's throughput callback, driven step by step as Lightning would (it reads
+    # trainer.global_step, trainer.world_size and the batch), one window over the timed steps.
+    recorder = _Recorder()
+    trainer = SimpleNamespace(global_step=0, world_size=1, loggers=[recorder])
+    module = SimpleNamespace(model=model, device=device)
+    callback = ThroughputCallback(
+        peak_flops=args.peak_flops, window=max(2, args.steps), log_every_n_steps=args.steps
+    )
+    callback.on_train_start(trainer, module)
+    batch = (x.repeat(args.accumulate, 1),)  # the tokens of one optimizer step
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for step in range(1, args.steps + 1):
         train_step(model, optimizer, x, y, args.accumulate, autocast)
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, batch, step - 1)
     sync(device)
     step_time = (time.perf_counter() - start) / args.steps
     tokens_per_step = args.batch * t * args.accumulate
-    tokens_per_sec = tokens_per_step / step_time
     peak = args.peak_flops or peak_flops_for(device)
-    mfu = tokens_per_sec * flops_per_token(model, t) / peak if peak else None
+    # The callback counts FLOPs at the model's block size; the bench's own figure below at t.
+    tokens_per_sec = recorder.metrics.get("throughput/device_tokens_per_sec")
+    mfu = recorder.metrics.get("throughput/device_mfu")
+    bench_tokens_per_sec = tokens_per_step / step_time
+    bench_mfu = bench_tokens_per_sec * flops_per_token(model, t) / peak if peak else None
+    if tokens_per_sec is None:  # a window of one step: the callback has no rate yet
+        tokens_per_sec, mfu = bench_tokens_per_sec, bench_mfu
 
     probe_time = None
     if args.outlier_interval:
@@ -81,12 +116,14 @@ def measure(args, variant: str, impl: str, device: torch.device) -> dict:
 
         probe_batch = x[: args.probe_windows]
         sentence = x[0, :16]
-        run_probe(model, probe_batch, sentence)  # warm-up
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(args.probe_repeats):
-            run_probe(model, probe_batch, sentence)
-        sync(device)
+        # the callback probes under the trainer's precision: bf16 autocast for bf16-mixed
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            run_probe(model, probe_batch, sentence)  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(args.probe_repeats):
+                run_probe(model, probe_batch, sentence)
+            sync(device)
         probe_time = (time.perf_counter() - start) / args.probe_repeats
     overhead = probe_time / (args.outlier_interval * step_time) if probe_time else None
     row = {
@@ -96,6 +133,11 @@ def measure(args, variant: str, impl: str, device: torch.device) -> dict:
         "step_time_s": step_time,
         "tokens_per_sec": tokens_per_sec,
         "mfu": mfu,
+        "source": "ThroughputCallback"
+        if "throughput/device_tokens_per_sec" in recorder.metrics
+        else "bench step time",
+        "bench_tokens_per_sec": bench_tokens_per_sec,
+        "bench_mfu": bench_mfu,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda"
         else None,
@@ -114,7 +156,7 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -138,12 +180,10 @@ def main() -> None:
     parser.add_argument("--probe-repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, reference only")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    callback_cfg = OmegaConf.load(ROOT / "conf" / "callbacks" / "outliers.yaml")
-    outlier_cfg = (
-        next(iter(callback_cfg.values())) if "_target_" not in callback_cfg else callback_cfg
-    )
+    callback_cfg = load_yaml("callbacks", "outliers.yaml")
+    outlier_cfg = callback_cfg.get("outliers", callback_cfg)  # the file nests it under its name
     if args.outlier_interval is None:
         args.outlier_interval = int(outlier_cfg.get("every_n_steps", 250))
     if args.probe_windows is None:
@@ -164,7 +204,25 @@ def main() -> None:
         else platform.processor() or "cpu"
     )
 
-    rows = []
+    out = Path(
+        args.out
+        or ROOT / "benchmarks" / "results" / f"train_throughput-{name.replace(' ', '_')}.json"
+    )
+    if args.smoke and args.out is None:
+        out = Path("/tmp/train_throughput-smoke.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__ if device.type == "cuda" else None,
+        "model": args.model,
+        "batch": args.batch,
+        "accumulate": args.accumulate,
+        "compile": args.compile,
+        "smoke": args.smoke,
+        "rows": [],
+    }
+    rows = result["rows"]
     for variant in args.variants.split(","):
         for impl in args.impls.split(","):
             try:
@@ -174,6 +232,8 @@ def main() -> None:
                     {"variant": variant, "impl": impl, "error": f"{type(err).__name__}: {err}"}
                 )
             r = rows[-1]
+            # after every row: a run stopped by a time limit keeps what it measured
+            out.write_text(json.dumps(result, indent=1))
             if "error" in r:
                 print(f"{variant:16s} {impl:9s} {r['error']}", flush=True)
                 continue
@@ -184,23 +244,7 @@ def main() -> None:
                 flush=True,
             )
 
-    result = {
-        "device": name,
-        "torch": torch.__version__,
-        "triton": __import__("triton").__version__ if device.type == "cuda" else None,
-        "model": args.model,
-        "batch": args.batch,
-        "accumulate": args.accumulate,
-        "compile": args.compile,
-        "rows": rows,
-    }
-    out = Path(
-        args.out
-        or ROOT / "benchmarks" / "results" / f"train_throughput-{name.replace(' ', '_')}.json"
-    )
-    if args.smoke and args.out is None:
-        out = Path("/tmp/train_throughput-smoke.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    result["complete"] = True
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 
