@@ -7,7 +7,7 @@ EXPERIMENT ?= quickstart
 # The paper's six formulations, (a)-(f) of SPEC section 3.
 PAPER_VARIANTS ?= softmax,value_bias,context_bias,kv_bias,ca_scaling,sigmoid
 
-.PHONY: install train sweep lab test test-fast test-lab lint format clean
+.PHONY: install train sweep lab test test-fast test-lab lint format clean gpu-check
 
 # torch first, pinned to the CPU build this machine carries: a bare `torch` requirement would
 # pull several GB of CUDA wheels. An existing torch (any build) is kept.
@@ -38,6 +38,12 @@ test-fast: install
 # The lab's end-to-end check: softmax grows a BOS sink, sigmoid does not (two 600-step runs).
 test-lab: install
 	$(PYTHON) -m pytest -v tests/test_sink_lab.py $(ARGS)
+
+# Everything a first GPU must show, in under 8 minutes (docs/gpu-check.md); a dry run at tiny
+# shapes on a CPU. No install step: a lent GPU machine has no network, and the script imports
+# this checkout's sysout itself.
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .
