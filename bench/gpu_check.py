@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="correctness worker processes")
     ap.add_argument("--science-steps", type=int, help="trainer.max_steps of the lab runs")
     ap.add_argument("--scratch", type=Path, help="run folders and full logs (default: a tmp dir)")
+    ap.add_argument(
+        "--archive", type=Path, help="also write the results folder as this .tar.gz (for $OUT)"
+    )
     # internal: one step, in its own process
     ap.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)
     ap.add_argument("--step-budget", type=float, default=60.0, help=argparse.SUPPRESS)
@@ -275,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = ", ".join(f"{n} {r['status']}" for n, r in reports.items())
     print(f"\n{'CPU DRY RUN' if dry else 'GPU run'} in {wall:.0f} s: {verdicts}")
     print(f"wrote {out}/summary.md" + ("" if not bad else f"; not passed: {', '.join(bad)}"))
+    if args.archive:  # one file: a lent machine returns few files
+        args.archive.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(args.archive, "w:gz") as tar:
+            tar.add(out, arcname=out.name)
+        print(f"wrote {args.archive}")
+    print("\n" + (out / "summary.md").read_text())  # the end of the output is what comes back
     return 1 if bad else 0
 
 

@@ -244,7 +244,9 @@ def run(ctx: StepContext) -> int:
             path = ctx.out / f"science_{name}.csv"
             write_csv(path, traj)
             report.add_file(path)
-        if not result["ok"]:
+        if not result["ok"] and name in stopped:
+            report.note(f"run {name} stopped at the deadline before its first logged step")
+        elif not result["ok"]:
             tail = (run_dir / "train.log").read_text(errors="replace")[-1500:]
             report.note(f"run {name} failed (rc {proc.returncode}); log tail:\n{tail}")
         elif name in stopped:
