@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", nargs="+", default=[], metavar="STEP=S", help="a step's seconds")
     ap.add_argument("--workers", type=int, default=0, help="correctness worker processes")
     ap.add_argument("--science-steps", type=int, help="trainer.max_steps of the lab runs")
+    ap.add_argument("--lab-experiment", help="the lab runs' experiment (default massive_lab_guo)")
     ap.add_argument("--scratch", type=Path, help="run folders and full logs (default: a tmp dir)")
     ap.add_argument(
         "--archive", type=Path, help="also write the results folder as this .tar.gz (for $OUT)"
@@ -92,6 +93,7 @@ def run_step_here(args: argparse.Namespace) -> int:
         budget_s=args.step_budget,
         workers=args.workers,
         science_steps=args.science_steps,
+        lab_experiment=args.lab_experiment,
     )
     return int(module.run(ctx) or 0)
 
@@ -143,6 +145,8 @@ def launch(args, name: str, out: Path, scratch: Path, budget: float, dry: bool) 
     cmd += ["--workers", str(args.workers)] + (["--dry-run"] if dry else [])
     if args.science_steps:
         cmd += ["--science-steps", str(args.science_steps)]
+    if args.lab_experiment:
+        cmd += ["--lab-experiment", args.lab_experiment]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

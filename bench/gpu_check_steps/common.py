@@ -30,6 +30,7 @@ class StepContext:
     budget_s: float  # the orchestrator kills the step after this many seconds
     workers: int = 0  # parallel processes for the correctness step (0: choose)
     science_steps: int | None = None  # override of the lab runs' trainer.max_steps
+    lab_experiment: str | None = None  # the lab runs' experiment (default massive_lab_guo)
     started: float = field(default_factory=time.monotonic)
 
     def remaining(self) -> float:

@@ -28,7 +28,8 @@ from typing import Any
 from .common import FAILED, PASSED, ROOT, SKIPPED, StepContext, StepReport, write_csv
 
 EXPERIMENT = "massive_lab_guo"
-STAND_IN = "sink_lab"  # the dry run's stand-in while massive_lab_guo is not in the checkout
+# The dry run's stand-ins while massive_lab_guo is not in the checkout, nearest first.
+STAND_INS = ["massive_lab", "sink_lab"]
 # (name, overrides, what the run needs besides the experiment)
 RUNS = [
     ("softmax", [], {}),
@@ -65,8 +66,9 @@ GUO_CONTROLS = {"sgd": (24.3, 20.4), "relu": (23.4, 24.5)}  # (step 0, step 10k)
 KEEP = re.compile(
     r"^step$|loss|first_token|residual|bos|activation/layer_\d+/(top1|ratio)$", re.IGNORECASE
 )
-# The layer-0 figure to set beside Guo's, most direct first: an absolute BOS norm where the
-# probe logs one, else the BOS / median-token norm ratio (not comparable in absolute terms).
+# The layer-0 figure to set beside Guo's, most direct first: the probe's absolute BOS norm
+# (named by sysout.outliers.keys where this checkout has it), else the BOS / median-token norm
+# ratio (not comparable in absolute terms).
 LAYER0 = [
     (re.compile(r"layer_00/(first_token|bos)_norm$"), "absolute"),
     (re.compile(r"layer_00/.*(first_token|bos).*norm(?!.*ratio)"), "absolute"),
@@ -75,21 +77,37 @@ LAYER0 = [
 STOP_GRACE_S = {False: 20, True: 5}  # SIGTERM -> checkpoint, flush the CSV, exit (GPU, dry)
 
 
+def _layer0_patterns() -> list[tuple[re.Pattern, str]]:
+    try:
+        from sysout.outliers.keys import metric_key
+    except ImportError:  # a checkout before the probe's metric-name builder
+        return LAYER0
+    exact = re.escape(metric_key("residual", "first_token_norm", layer=0))
+    return [(re.compile(f"^{exact}$"), "absolute"), *LAYER0]
+
+
 def plan(ctx: StepContext, report: StepReport) -> tuple[str | None, list[tuple[str, list[str]]]]:
     """The experiment and the runs that can run in this checkout (the others noted)."""
     from sysout.attention import variant_names
 
     conf = ROOT / "conf"
-    experiment: str | None = EXPERIMENT
-    if not (conf / "experiment" / f"{EXPERIMENT}.yaml").exists():
-        if ctx.dry_run:
+    wanted = ctx.lab_experiment or EXPERIMENT
+    experiment: str | None = wanted
+    if not (conf / "experiment" / f"{wanted}.yaml").exists():
+        stand_in = next(
+            (e for e in STAND_INS if (conf / "experiment" / f"{e}.yaml").exists()), None
+        )
+        if ctx.dry_run and stand_in:
             report.note(
-                f"conf/experiment/{EXPERIMENT}.yaml not here: the dry run uses "
-                f"experiment={STAND_IN} as a stand-in"
+                f"conf/experiment/{wanted}.yaml not here: the dry run uses "
+                f"experiment={stand_in} as a stand-in"
             )
-            experiment = STAND_IN
+            experiment = stand_in
         else:
-            report.note(f"SKIPPED: conf/experiment/{EXPERIMENT}.yaml is not in this checkout")
+            report.note(
+                f"SKIPPED: conf/experiment/{wanted}.yaml is not in this checkout (the nearest "
+                f"on purpose: --lab-experiment {STAND_INS[0]} --science-steps N)"
+            )
             experiment = None
     runs = []
     for name, overrides, needs in RUNS:
@@ -128,7 +146,7 @@ def trajectory(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     """The kept columns, rows that hold at least one of them."""
     if not rows:
         return []
-    keep = [c for c in rows[0] if KEEP.search(c)]
+    keep = sorted((c for c in rows[0] if KEEP.search(c)), key=lambda c: c != "step")
     out = []
     for row in rows:
         kept = {c: row.get(c, "") for c in keep}
@@ -140,7 +158,7 @@ def trajectory(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
 def layer0_series(traj: list[dict[str, Any]]) -> tuple[str | None, str | None, dict[int, float]]:
     """(column, kind, {step: value}) of the figure to compare with Guo's."""
     columns = list(traj[0]) if traj else []
-    for pattern, kind in LAYER0:
+    for pattern, kind in _layer0_patterns():
         col = next((c for c in columns if pattern.search(c)), None)
         if col:
             series = {
