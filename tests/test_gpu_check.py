@@ -29,7 +29,7 @@ STEP_FILES = {
     "env": ["env.json"],
     "correctness": ["correctness.json", "correctness.csv"],
     "speed": ["speed.json", "speed.csv", "attention.json"],
-    "throughput": ["throughput.json", "throughput.csv", "train_throughput.json"],
+    "throughput": ["throughput.json", "throughput.csv", "train_throughput_softmax.json"],
     "science": ["science.json", "science_softmax.csv"],
 }
 DRY_RUN_LIMIT_S = 120  # the bound for the dry run on a CPU

@@ -34,6 +34,7 @@ def bench_argv(ctx: StepContext, variants: list[str], raw: str) -> list[str]:
         *argv,
         *("--seq-lens", "1024", "4096", "--batch", "8", "--heads", "12", "--head-dim", "64"),
         *("--dtype", "bf16", "--no-flex", "--no-check", "--sdpa-backends", "flash"),
+        *("--warmup", "10", "--rep", "50"),  # do_bench ms: dozens of calls even at T = 4096
     ]
 
 
