@@ -115,14 +115,26 @@ def child_env(dry_run: bool) -> dict[str, str]:
 
 
 class Launched:
-    def __init__(self, name: str, proc: subprocess.Popen, log: Path, budget: float) -> None:
-        self.name, self.proc, self.log, self.budget = name, proc, log, budget
+    """A step's process, its log and its time limit."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict, log: Path, budget: float) -> None:
+        self.name, self.log, self.budget = name, log, budget
+        self._log_file = log.open("w")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout stops its workers too
+        )
         self.started = time.monotonic()
         self.timed_out = False
 
     def check(self) -> bool:
         """True once the step has ended (stopping it at its limit)."""
         if self.proc.poll() is not None:
+            self._log_file.close()
             return True
         if time.monotonic() - self.started > self.budget + 5:  # a little grace to write files
             self.timed_out = True
@@ -136,11 +148,14 @@ class Launched:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+            self._log_file.close()
             return True
         return False
 
 
-def launch(args, name: str, out: Path, scratch: Path, budget: float, dry: bool) -> Launched:
+def launch(
+    args: argparse.Namespace, name: str, out: Path, scratch: Path, budget: float, dry: bool
+) -> Launched:
     log = scratch / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name]
@@ -150,15 +165,7 @@ def launch(args, name: str, out: Path, scratch: Path, budget: float, dry: bool) 
         cmd += ["--science-steps", str(args.science_steps)]
     if args.lab_experiment:
         cmd += ["--lab-experiment", args.lab_experiment]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=child_env(dry),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: a timeout stops its workers too
-    )
-    return Launched(name, proc, log, budget)
+    return Launched(name, cmd, child_env(dry), log, budget)
 
 
 def outcome(step: Launched, out: Path) -> dict:
@@ -185,7 +192,7 @@ def _tail(path: Path, size: int) -> str:
     return data[-size:].decode(errors="replace")
 
 
-def results_dir(args, env: dict, dry: bool) -> Path:
+def results_dir(args: argparse.Namespace, env: dict, dry: bool) -> Path:
     if args.out:
         return args.out
     date = dt.date.today().isoformat()
@@ -200,7 +207,7 @@ def results_dir(args, env: dict, dry: bool) -> Path:
     return out
 
 
-def budgets(args, dry: bool) -> tuple[dict[str, float], float]:
+def budgets(args: argparse.Namespace, dry: bool) -> tuple[dict[str, float], float]:
     table = dict(DRY_BUDGETS if dry else BUDGETS)
     for item in args.budget:
         name, _, seconds = item.partition("=")
