@@ -45,9 +45,15 @@ test-lab: install
 gpu-check:
 	$(PYTHON) bench/gpu_check.py $(ARGS)
 
+# lint-imports checks the walls between sysout's packages: the import-linter contracts in
+# pyproject.toml, drawn in docs/architecture.md. It analyses the sysout of this directory. It is
+# called through $(PYTHON) so that it is the one `make install` put there (no script on PATH needed).
+LINT_IMPORTS = $(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())'
+
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(LINT_IMPORTS) --no-cache
 
 format:
 	$(PYTHON) -m ruff format .
