@@ -81,6 +81,9 @@ def test_group_statistics_compare_normalised_and_unnormalised_weights_alike():
     )
     assert scaled["first_token_vs_uniform"].item() == pytest.approx(1.0)
     assert scaled["row_weight"].item() == pytest.approx(0.01)
+    assert scaled["top_key_share_of_row"].item() == pytest.approx(
+        base["top_key_share_of_row"].item()
+    )
     # a sink: every query puts 0.9 of its row on position 0 and the rest evenly elsewhere
     sink = torch.zeros(t, t)
     sink[0, 0] = 1.0
@@ -90,6 +93,7 @@ def test_group_statistics_compare_normalised_and_unnormalised_weights_alike():
     later[0, 1:] = True
     s = group_statistics(0.5 * sink[None, None], later)  # half the weight on a slot
     assert s["first_token_share_of_row"].item() == pytest.approx(0.9)
+    assert s["top_key_share_of_row"].item() == pytest.approx(0.9)  # the sink is the top key
     assert s["row_weight"].item() == pytest.approx(0.5)
     vs = sum(0.9 * (i + 1) for i in range(1, t)) / (t - 1)
     assert s["first_token_vs_uniform"].item() == pytest.approx(vs)

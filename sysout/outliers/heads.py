@@ -14,7 +14,8 @@ m[b, h, j] = sum_i P[b, h, i, j] (the variant's own weights):
   for sigmoid and ReLU attention), ``first_token_share_of_row`` (mean of P[i, 0] / sum_j P[i, j]:
   position 0's share of what the row spends on real keys) and ``first_token_vs_uniform`` (that
   share times the i + 1 keys query i sees: 1 is no preference, so "no sink" does not hinge on an
-  absolute weight that initialisation already meets);
+  absolute weight that initialisation already meets), ``top_key_share_of_row`` (the same share
+  for each sample's most-attended key, wherever it sits);
 - **value-state drain / large keys**: ||x[b, h, t]|| at the first token, and at each head's
   top-mass key, divided by the median over positions of ||x[b, h, t]||, for x in q, k, v,
   averaged over samples (An et al. 2025: sink tokens have large keys and small values).
@@ -90,11 +91,17 @@ def group_statistics(weights: Tensor, mask: Tensor) -> dict[str, Tensor]:
     of_row = torch.where(row > 0, w[..., 0] / row.clamp_min(1e-30), 0.0)
     visible = torch.arange(tq, device=w.device, dtype=torch.float32) + 1 + (tk - tq)
     mean = lambda x: ((x * m).sum(dim=(0, 2)) / count).cpu()
+    # Each sample's top key by the rows' shares (each query's row normalised to one), as a
+    # share of the group's queries in that sample: where the sink sits, like with like.
+    shares = torch.where(row[..., None] > 0, w / row[..., None].clamp_min(1e-30), 0.0)
+    per_key = (shares * m[..., None]).sum(dim=2)  # [B, H, Tk]
+    top = per_key.amax(dim=-1) / m.sum(dim=2).clamp_min(1.0)  # [B, H]
     return {
         "first_token_share": mean(w[..., 0]),
         "row_weight": mean(row),
         "first_token_share_of_row": mean(of_row),
         "first_token_vs_uniform": mean(of_row * visible),
+        "top_key_share_of_row": top.mean(dim=0).cpu(),
     }
 
 
