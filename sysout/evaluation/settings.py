@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -176,7 +177,7 @@ class EvalSettings:
             if cfg.tiktoken_cache_dir is None
             else str(cfg.tiktoken_cache_dir),
             logger=cfg.get("logger"),
-            wandb_run=dict(plain(cfg.get("wandb_run")) or {}),
+            wandb_run=MappingProxyType(dict(plain(cfg.get("wandb_run")) or {})),
         )
 
 
