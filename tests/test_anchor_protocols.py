@@ -18,8 +18,9 @@ from sysout.evaluation.perplexity import independent_plan, perplexity
 from sysout.evaluation.protocol import EvalProtocol
 from sysout.evaluation.run import evaluate
 from sysout.evaluation.texts import Texts, source_rows, stream_text
+from sysout.outliers import PROBE_SENTENCE
 
-SENTENCE = "Summer is warm. Winter is cold."
+SENTENCE = PROBE_SENTENCE  # what the outlier report encodes
 BOS = TOKENIZER_WORDS.index("<s>")
 SUMMER = TOKENIZER_WORDS.index("Summer")
 
@@ -76,7 +77,7 @@ def test_evaluate_probes_an_hf_llama_from_its_first_text_token(compose_eval, tmp
         seen.setdefault("first", []).append(kw["decode"](sentence[0]))
         return {}, {}
 
-    monkeypatch.setattr("sysout.evaluation.run.outlier_report", fake_report)
+    monkeypatch.setattr("sysout.evaluation.per_checkpoint.outlier_report", fake_report)
     for special in ("false", "true"):
         cfg = compose_eval(
             f"checkpoints=[hf:{folder}]",

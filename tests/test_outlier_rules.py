@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -49,29 +47,25 @@ def test_massive_rule_uses_each_sequences_own_median() -> None:
     assert bound.reshape(-1).tolist() == pytest.approx([10.0, 1000.0])
 
 
-def test_one_threshold_in_the_config_reaches_probe_report_and_mitigation(tmp_path) -> None:
-    """evaluate.py's probe.thresholds is read once (the evaluation's _thresholds) and the probe,
-    the outlier report and the set_zero mitigation all follow it: an abs_threshold above the
-    planted activation hides it from all three."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def test_one_threshold_in_the_config_reaches_probe_report_and_mitigation(
+    compose_train, tmp_path
+) -> None:
+    """evaluate.py's probe.thresholds is read once (into the evaluation's settings) and the
+    probe, the outlier report and the set_zero mitigation all follow it: an abs_threshold above
+    the planted activation hides it from all three."""
     from test_outlier_probe import B, T, planted_gpt
 
     from sysout.compress import get_method
     from sysout.evaluation.outlier_report import outlier_report
-    from sysout.evaluation.run import _thresholds
+    from sysout.evaluation.settings import EvalSettings
     from sysout.outliers import run_probe
 
     model = planted_gpt()
     batch = torch.randint(0, 50257, (B, T), generator=torch.Generator().manual_seed(1))
     found = {}
     for name, overrides in (("default", []), ("raised", ["probe.thresholds.abs_threshold=1e4"])):
-        GlobalHydra.instance().clear()
-        conf = str(Path(__file__).resolve().parents[1] / "conf")
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            cfg = compose("evaluate", overrides=["checkpoints=unused", *overrides])
-        GlobalHydra.instance().clear()
-        th = _thresholds(cfg)
+        cfg = compose_train("checkpoints=unused", *overrides, config_name="evaluate")
+        th = EvalSettings.from_config(cfg).thresholds
         probe = run_probe(model, batch, thresholds=th).summary()["num_activation_outliers"]
         summary, _ = outlier_report(model, tmp_path / name, batch, None, thresholds=th)
         with get_method("set_zero")(model, [batch], th) as record:

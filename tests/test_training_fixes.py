@@ -103,6 +103,8 @@ def test_console_says_each_thing_once(tmp_path, shared_dir) -> None:
     # The same message under two formats (Lightning's "INFO: ..." and Hydra's) counts too.
     assert not any(ln.startswith("INFO: ") for ln in lines)
     assert "anonymous" not in console
+    # Other libraries' lines a user cannot act on stay off the console (sysout.loggers.console).
+    assert "litlogger" not in console and "LeafSpec" not in console
 
 
 def test_logger_helper_builds_with_overrides_and_closes(tmp_path) -> None:

@@ -97,11 +97,17 @@ def load_config(name: str) -> Any:
             if _offline()
             else "not found on the hub or unreachable"
         )
+        # Offline, an OSError only says again that it is not cached; any other cause is news.
+        cause = (
+            ""
+            if _offline() and isinstance(err, OSError)
+            else f" ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
+        )
+        # What to do comes last: it is the line a person reads first when the script stops.
         raise HFLoadError(
-            f"hf:{name}: cannot read its config: {where}. Give a local folder made with "
-            f"save_pretrained, or download it first on a machine with network "
-            f"(huggingface-cli download {name}). ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:300]})"
+            f"hf:{name}: cannot read its config: {where}{cause}. Give a local folder made "
+            f"with save_pretrained, or download it first on a machine with network: "
+            f"huggingface-cli download {name}"
         ) from err
 
 

@@ -23,8 +23,9 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from sysout.data import ProbeInputs
 from sysout.outliers.keys import GROUPS, PREFIX, metric_key, parse_key, summary_key
+from sysout.outliers.options import ProbeOptions
 from sysout.outliers.probe import run_probe
-from sysout.outliers.reports import PROBE_SENTENCE, OutlierRecord, ProbeReport
+from sysout.outliers.reports import OutlierRecord, ProbeReport
 from sysout.outliers.rules import OutlierThresholds
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,15 @@ class OutlierCallback(Callback):
     Args:
         every_n_steps: probe after every N-th optimizer step (0 or None: start and end only).
         probe_windows: number of fixed validation windows in the probe batch.
-        probe_sentence: the sentence of the heat map and 3-D surface (its own batch).
+        probe_sentence: the sentence of the heat map and 3-D surface (its own batch; "" none).
         thresholds: overrides of :class:`~sysout.outliers.rules.OutlierThresholds` fields (only
             those that change: the defaults live there).
         log_images: log the figures to W&B loggers.
         log_table: log the outlier table (step, layer, position, token, dim, value) to W&B.
         max_table_rows: outliers per probe in the table (largest |value| first).
+            ``probe_windows``, ``probe_sentence`` and ``max_table_rows`` left None take the
+            defaults of :class:`~sysout.outliers.options.ProbeOptions` (the config passes the
+            shared ``probe`` group's values, null by default).
         at_train_start / at_train_end: also probe at those moments.
         wandb_sections: name W&B keys ``outliers-<group>/...`` so that W&B's default workspace
             shows one section per outlier type (it groups by the first path segment); other
@@ -69,12 +73,12 @@ class OutlierCallback(Callback):
     def __init__(
         self,
         every_n_steps: int | None = 250,
-        probe_windows: int = 8,
-        probe_sentence: str = PROBE_SENTENCE,
+        probe_windows: int | None = None,
+        probe_sentence: str | None = None,
         thresholds: OutlierThresholds | Mapping[str, Any] | None = None,
         log_images: bool = True,
         log_table: bool = True,
-        max_table_rows: int = 100,
+        max_table_rows: int | None = None,
         at_train_start: bool = True,
         at_train_end: bool = True,
         wandb_sections: bool = True,
@@ -83,15 +87,16 @@ class OutlierCallback(Callback):
         super().__init__()
         if every_n_steps is not None and every_n_steps < 0:
             raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
-        if probe_windows < 1:
-            raise ValueError(f"probe_windows must be >= 1, got {probe_windows}")
+        options = ProbeOptions.from_any(
+            {"windows": probe_windows, "sentence": probe_sentence, "max_records": max_table_rows}
+        )
         self.every_n_steps = int(every_n_steps or 0)
-        self.probe_windows = int(probe_windows)
-        self.probe_sentence = probe_sentence
+        self.probe_windows = options.windows
+        self.probe_sentence = options.sentence
         self.thresholds = OutlierThresholds.from_any(thresholds)
         self.log_images = log_images
         self.log_table = log_table
-        self.max_table_rows = int(max_table_rows)
+        self.max_table_rows = options.max_records
         self.at_train_start = at_train_start
         self.at_train_end = at_train_end
         self.wandb_sections = wandb_sections

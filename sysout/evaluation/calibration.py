@@ -13,13 +13,15 @@ A set that cannot be built is an error string, and only the methods that need it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sysout.data import DataSourceError
 from sysout.evaluation.robustness import CheckpointResult
+from sysout.evaluation.settings import CalibrationSet
 from sysout.evaluation.texts import Texts, calibration_windows, load_source
 
 
@@ -29,17 +31,18 @@ def build_calibration(
     block: int,
     run_cfg: DictConfig | None,
     texts: Texts,
-    cfg: DictConfig,
+    sets: Mapping[str, CalibrationSet | None],
     tok: Any | None = None,
     add_special_tokens: bool = False,
 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, str]]:
-    """``({set: batches}, {set: error})`` for each calibration set in ``needed``."""
+    """``({set: batches}, {set: error})`` for each calibration set in ``needed``, as ``sets``
+    (:attr:`EvalSettings.calibration_sets <sysout.evaluation.settings.EvalSettings>`) says."""
     batches: dict[str, list[torch.Tensor]] = {}
     errors: dict[str, str] = {}
     for name in sorted(needed):
         try:
             batches[name] = _build(
-                name, result, block, run_cfg, texts, cfg, tok, add_special_tokens
+                name, sets, result, block, run_cfg, texts, tok, add_special_tokens
             )
         except Exception as err:  # noqa: BLE001  (only the methods that need it will fail)
             errors[name] = f"{type(err).__name__}: {err}"
@@ -48,37 +51,32 @@ def build_calibration(
 
 def _build(
     name: str,
+    sets: Mapping[str, CalibrationSet | None],
     result: CheckpointResult,
     block: int,
     run_cfg: DictConfig | None,
     texts: Texts,
-    cfg: DictConfig,
     tok: Any | None,
     special: bool,
 ) -> list[torch.Tensor]:
-    c = cfg.calibration
-    if name == "calibration":
-        spec, fallback, size = c.source, c.fallback, int(cfg.batch_size)
-        windows, seed, where = int(c.windows), int(c.seed), "calibration"
-    elif name == "train":
-        t = OmegaConf.select(cfg, "calibration.train", default=None)
-        if t is None:
-            raise DataSourceError("calibration.train is missing from the config")
-        size = int(t.batch_size or cfg.batch_size)
-        spec, fallback = t.source, t.fallback
-        windows, seed, where = int(t.batches) * size, int(t.seed), "calibration.train"
-    else:
-        raise ValueError(f"unknown calibration set {name!r}; known: calibration, train")
-    tokens, source, origin = load_source(texts, spec, fallback, run_cfg, where, tok, special)
+    if name not in sets:
+        raise ValueError(f"unknown calibration set {name!r}; known: {sorted(sets)}")
+    spec = sets[name]
+    if spec is None:
+        raise DataSourceError(f"calibration.{name} is missing from the config")
+    text = spec.text
+    tokens, source, origin = load_source(
+        texts, text.source, text.fallback, run_cfg, text.where, tok, special
+    )
     if tokens is None:
-        raise DataSourceError(f"{where}.source is null")
-    out = calibration_windows(tokens, block, windows, size, seed)
-    key = "calibration" if name == "calibration" else "train_calibration"
+        raise DataSourceError(f"{text.where}.source is null")
+    out = calibration_windows(tokens, block, spec.windows, spec.batch_size, spec.seed)
+    key = "calibration" if name == "calibration" else f"{name}_calibration"
     result.info.update(
         {
             f"{key}_text": source.get("path"),
             f"{key}_origin": origin,
-            f"{key}_windows": windows,
+            f"{key}_windows": spec.windows,
         }
     )
     return out

@@ -15,6 +15,7 @@ from sysout.evaluation.report import _md_table, fmt, save_figure, write_csv
 from sysout.evaluation.robustness import CheckpointResult
 from sysout.outliers import PROBE_SENTENCE, OutlierRecord, OutlierThresholds, run_probe
 from sysout.outliers.lifecycle import lifecycle_figure, lifecycles, write_lifecycle_csv
+from sysout.outliers.options import ProbeOptions
 from sysout.outliers.plots import report_figures
 
 #: Probe-summary figures shown in the cross-checkpoint outlier table (all are in the CSV).
@@ -46,12 +47,14 @@ def outlier_report(
     decode: Callable[[int], str] | None = None,
     sentence_text: str | None = None,
     step: int | None = None,
+    max_records: int | None = None,
 ) -> tuple[dict[str, float], dict[str, Path]]:
     """Probe ``model`` (SPEC 2) and write SPEC 5's outlier report into ``out_dir``: figures
     (per-layer top-k/median curves, attention heat map and 3-D surface of the probe sentence,
     weight-outlier plot, the lifecycle of the largest massive activations) as PNG, and CSVs
     (per-layer statistics, consistency, outlier list with token classes, lifecycle, summary).
-    Returns the probe summary and the files written."""
+    ``max_records`` caps the outlier list (None: :class:`~sysout.outliers.options.ProbeOptions`'
+    default). Returns the probe summary and the files written."""
 
     report = run_probe(
         model,
@@ -61,6 +64,7 @@ def outlier_report(
         decode=decode,
         sentence_text=sentence_text or PROBE_SENTENCE,
         step=step,
+        max_records=ProbeOptions().max_records if max_records is None else max_records,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}

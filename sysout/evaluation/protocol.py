@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from sysout.data import TextSource
 from sysout.evaluation.checkpoints import plain
@@ -60,13 +59,6 @@ class EvalProtocol:
     def independent(self) -> bool:
         """Windows scored on their own, remainder dropped (Sun et al.'s ``eval_ppl``)."""
         return self.stream == "sun"
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> EvalProtocol:
-        stream = OmegaConf.select(cfg, "eval_stream", default="concat") or "concat"
-        special = OmegaConf.select(cfg, "hf.add_special_tokens", default=False)
-        stride = OmegaConf.select(cfg, "stride", default=None)
-        return cls(str(stream), bool(special), None if stride is None else int(stride))
 
     def header(self, eval_text: Any, hf_cap: int | None) -> dict[str, str]:
         """What every table says about the text and the windows."""
@@ -118,13 +110,14 @@ def _is_hub_wikitext2_test(src: TextSource) -> bool:
 def model_tokens(
     gpt2_tokens: np.ndarray,
     texts: Texts,
-    cfg: DictConfig,
+    eval_text: TextSource,
+    max_tokens: int | None,
     tok: Any,
     model: torch.nn.Module,
     protocol: EvalProtocol,
 ) -> np.ndarray:
-    """The evaluation text for a Hugging Face model: tokenized with its own tokenizer; without
-    one, GPT-2's BPE ids, which must fit its vocabulary."""
+    """The evaluation text for a Hugging Face model: tokenized with its own tokenizer (the first
+    ``max_tokens``); without one, GPT-2's BPE ids, which must fit its vocabulary."""
     if tok is None:
         vocab = int(model.config.vocab_size)
         if int(np.max(gpt2_tokens)) >= vocab:
@@ -134,5 +127,5 @@ def model_tokens(
             )
         return gpt2_tokens
     special = protocol.add_special_tokens
-    tokens = texts.load(cfg.eval_text, "eval", "eval_text", protocol.stream, tok, special)
-    return tokens[: int(cfg.max_eval_tokens)] if cfg.max_eval_tokens is not None else tokens
+    tokens = texts.load(eval_text, "eval", "eval_text", protocol.stream, tok, special)
+    return tokens[:max_tokens] if max_tokens is not None else tokens

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,8 @@ def run_source(
     spec = plain(spec)
     if spec is None:
         return None, "off"
+    if isinstance(spec, TextSource):
+        return asdict(spec), "config"
     if isinstance(spec, Mapping):
         return dict(spec), "config"
     if run_cfg is not None:
@@ -112,12 +115,20 @@ def run_source(
                 return OmegaConf.to_container(node, resolve=True), f"run data.splits.{spec}"
         except Exception as err:  # noqa: BLE001  (unresolvable interpolation in an old config)
             log.warning("%s: cannot read data.splits.%s of the run's config (%s)", where, spec, err)
-    fallback = plain(fallback)
+    fallback = _as_dict(fallback)
     if fallback is None:
         raise DataSourceError(
             f"{where}: the checkpoint's run has no data.splits.{spec} and {where}.fallback is null"
         )
-    return dict(fallback), "fallback"
+    return fallback, "fallback"
+
+
+def _as_dict(source: Any) -> dict[str, Any] | None:
+    """A source (a :class:`TextSource`, a mapping or a config node) as a plain dict."""
+    source = plain(source)
+    if source is None:
+        return None
+    return asdict(source) if isinstance(source, TextSource) else dict(source)
 
 
 def load_source(
@@ -141,11 +152,11 @@ def load_source(
             origin,
         )
     except Exception as err:  # noqa: BLE001  (any loading failure: try the fallback)
-        fallback = plain(fallback)
+        fallback = _as_dict(fallback)
         if origin == "fallback" or fallback is None:
             raise
         log.warning("%s: the run's text failed to load (%s); using %s.fallback", where, err, where)
-        source = dict(fallback)
+        source = fallback
         special = add_special_tokens
         tokens = texts.load(source, where, f"{where}.fallback", "concat", tokenizer, special)
         return tokens, source, "fallback"

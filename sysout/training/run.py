@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from sysout.attention import set_kernel_self_check
 from sysout.callbacks.preemption import PreemptionCheckpoint, checkpoint_dir
 from sysout.loggers import build_loggers, close_loggers
+from sysout.loggers.console import quiet_third_party
+from sysout.model.checkpoint import CheckpointError
 from sysout.training.module import GPTLitModule
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ def build(cfg: DictConfig) -> tuple[GPTLitModule, L.LightningDataModule]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, validate and (if a test split exists) test; return the final metrics."""
     single_console_logging()
+    quiet_third_party()
     if cfg.get("kernel_self_check") is not None:
         set_kernel_self_check(str(cfg.kernel_self_check))
     if cfg.get("seed") is not None:
@@ -198,7 +201,10 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
         log.info("resuming from %s", last)
         return str(last)
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file ({Path(ckpt_path).resolve()}); "
+            "give a .ckpt file, or ckpt_path=last with hydra.run.dir=<the run's folder>"
+        )
     return ckpt_path
 
 
