@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sysout.model import build_gpt  # noqa: E402
+from sysout.outliers.options import ProbeOptions  # noqa: E402
 from sysout.outliers.plots import render_png, report_figures  # noqa: E402
 from sysout.outliers.probe import run_probe  # noqa: E402
 from sysout.training.optim import OptimConfig, build_optimizer  # noqa: E402
@@ -38,8 +39,13 @@ TARGET = 0.02  # the overhead budget: 2% of training time
 
 
 def callback_defaults() -> dict:
-    cfg = OmegaConf.load(ROOT / "conf" / "callbacks" / "outliers.yaml")
-    return OmegaConf.to_container(cfg.outliers, resolve=True)
+    """The callback's settings; those it takes from the probe group (``${probe.windows}``) are
+    the probe's own defaults (sysout.outliers.options)."""
+    cfg = OmegaConf.to_container(
+        OmegaConf.load(ROOT / "conf" / "callbacks" / "outliers.yaml").outliers, resolve=False
+    )
+    cfg["probe_windows"] = ProbeOptions().windows
+    return cfg
 
 
 def parse_args() -> argparse.Namespace:

@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     outlier_cfg = callback_cfg.get("outliers", callback_cfg)  # the file nests it under its name
     if args.outlier_interval is None:
         args.outlier_interval = int(outlier_cfg.get("every_n_steps", 250))
-    if args.probe_windows is None:
-        args.probe_windows = int(outlier_cfg.get("probe_windows", 4))
+    if args.probe_windows is None:  # the callback reads the probe group: its default windows
+        from sysout.outliers.options import ProbeOptions
+
+        args.probe_windows = ProbeOptions().windows
     if args.smoke:
         args.model, args.impls, args.batch, args.steps, args.warmup = (
             "gpt2_tiny",
