@@ -7,7 +7,17 @@ import math
 import pytest
 import torch
 
-from sysout.attention import build_variant, variant_names
+from sysout.attention import (
+    AttentionVariant,
+    VariantTraits,
+    build_variant,
+    causal_scores,
+    get_variant_class,
+    register_variant,
+    variant_names,
+    variants_with,
+)
+from sysout.attention.variants import Softmax
 
 B, H, T, D = 2, 3, 7, 4
 C = H * D
@@ -98,6 +108,101 @@ def test_float32_reference_close_to_float64(name: str) -> None:
     out32 = variant(q, k, v, x)
     out64 = variant.double()(q.double(), k.double(), v.double(), x.double())
     torch.testing.assert_close(out32.double(), out64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", variant_names())
+def test_weights_follow_the_declared_traits(name: str) -> None:
+    """Rows sum to 1 (normalised), below 1 (normalised with a slot) or freely (not normalised),
+    for non-trivial parameters: a wrongly declared trait fails here."""
+    torch.manual_seed(2)
+    variant = build_variant(name, H, C, impl="reference", **OPTIONS.get(name, {})).double()
+    with torch.no_grad():
+        for p in variant.parameters():
+            p.normal_(0.0, 0.5)
+    q, k = (torch.randn(B, H, T, D, dtype=torch.float64) * 2 for _ in range(2))
+    p = variant.attention_weights(q, k, torch.randn(B, T, C, dtype=torch.float64))
+    assert (p >= 0).all() and (p.triu(1) == 0).all()  # causal, non-negative
+    rows = p.sum(-1)
+    traits = get_variant_class(name).traits
+    if traits.normalised and not traits.has_slot:
+        torch.testing.assert_close(rows, torch.ones_like(rows))
+    elif traits.normalised:
+        assert ((rows > 0) & (rows < 1)).all()
+    else:
+        assert not torch.allclose(rows, torch.ones_like(rows), atol=1e-3)
+
+
+def test_variants_with_reads_the_declared_traits() -> None:
+    assert variants_with(has_slot=True) == ["kv_bias", "sink_logit", "softmax1"]
+    assert set(variants_with(has_slot=True)) <= set(variants_with(normalised=True))
+    assert variants_with(uses_block_size=True) == ["clipped_softmax"]
+    everything = variants_with(fused=True) + variants_with(fused=False)
+    assert sorted(everything) == variant_names()
+    with pytest.raises(ValueError, match="unknown variant trait"):
+        variants_with(parks=True)
+
+
+class _ReferenceOnly(AttentionVariant):
+    """A variant that does not opt in to the kernel."""
+
+    name = "reference_only_test"
+    traits = VariantTraits(normalised=True)
+
+    def reference(self, q, k, v, x):
+        return torch.matmul(self.attention_weights(q, k, x), v)
+
+    def attention_weights(self, q, k, x):
+        return torch.softmax(causal_scores(q, k), dim=-1)
+
+
+def test_the_base_class_is_reference_only() -> None:
+    """A variant that does not declare fused=True never runs the (softmax) kernel."""
+    with pytest.raises(ValueError, match="no fused kernel path"):
+        _ReferenceOnly(H, C, impl="triton")
+    variant = _ReferenceOnly(H, C, impl="auto")
+    assert not variant.fused
+    q = torch.randn(B, H, T, D)
+    assert variant.resolved_impl(q) == "reference"
+    with pytest.raises(NotImplementedError):
+        variant.kernel_arguments(torch.randn(B, T, C))
+
+
+def test_registration_refuses_unsafe_declarations() -> None:
+    class NoTraits(AttentionVariant):
+        name = "no_traits_test"
+
+    class ReluOverSoftmax(Softmax):  # new weights, but the parent's (softmax) kernel switches
+        name = "relu_over_softmax_test"
+
+        def attention_weights(self, q, k, x):
+            return torch.relu(causal_scores(q, k).nan_to_num(neginf=0.0))
+
+    with pytest.raises(TypeError, match="must declare `traits"):
+        register_variant(NoTraits)
+    with pytest.raises(TypeError, match="kernel_arguments come from Softmax"):
+        register_variant(ReluOverSoftmax)
+    assert "no_traits_test" not in variant_names()
+    assert "relu_over_softmax_test" not in variant_names()
+
+
+@pytest.mark.parametrize("name", variant_names())
+def test_options_rebuild_the_variant_and_key_the_self_check(name: str) -> None:
+    variant = build_variant(name, H, C, **OPTIONS.get(name, {}))
+    again = build_variant(name, H, C, **variant.options())
+    assert again.options() == variant.options() and repr(again) == repr(variant)
+    q = torch.randn(B, H, T, D)
+    assert again._self_check_key(q) == variant._self_check_key(q)
+    for key, value in variant.options().items():
+        assert f"{key}={value}" in repr(variant)
+
+
+def test_self_check_key_tells_options_apart() -> None:
+    q = torch.randn(B, H, T, D)
+    a = build_variant("clipped_softmax", H, C, alpha=2.0)
+    b = build_variant("clipped_softmax", H, C, alpha=3.0)
+    assert a._self_check_key(q) != b._self_check_key(q)
+    reference, auto = (build_variant("softmax", H, C, impl=i) for i in ("reference", "auto"))
+    assert reference._self_check_key(q) == auto._self_check_key(q)  # impl is not an option
 
 
 def test_key_mass_is_column_sum_of_weights() -> None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from sysout.attention.base import (
     AttentionVariant,
+    VariantTraits,
     causal_mask,
     causal_scores,
     register_variant,
@@ -70,12 +71,16 @@ class Softmax(AttentionVariant):
     """(a) o = softmax(s) v."""
 
     name = "softmax"
+    traits = VariantTraits(normalised=True, fused=True)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
         return torch.softmax(causal_scores(q, k), dim=-1)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {}  # the kernel's default: plain softmax
 
 
 @register_variant
@@ -108,6 +113,7 @@ class KVBias(AttentionVariant):
     """(d) o = softmax([q k'^T / sqrt(d), s]) [v'; v]: an extra key/value slot every query sees."""
 
     name = "kv_bias"
+    traits = VariantTraits(normalised=True, has_slot=True, fused=True)
 
     def __init__(
         self, n_head: int, n_embd: int, impl: str = "auto", decay_bias: bool = True
@@ -122,6 +128,9 @@ class KVBias(AttentionVariant):
 
     def no_weight_decay(self) -> set[str]:
         return set() if self.decay_bias else {"key_bias", "value_bias"}
+
+    def options(self) -> dict[str, Any]:
+        return {"decay_bias": self.decay_bias}
 
     def slot_scores(self, q: Tensor) -> Tensor:
         """q . k' / sqrt(d) as [B, H, T, 1] in at least float32."""
@@ -148,6 +157,8 @@ class ContextBias(KVBias):
     """
 
     name = "context_bias"
+    # v' enters beside the real values, whose weights stay a softmax: no place to park.
+    traits = VariantTraits(normalised=True, fused=True)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -169,6 +180,7 @@ class SinkLogit(AttentionVariant):
     """gpt-oss sinks: o = sum_j exp(s_j) v_j / (exp(z_h) + sum_j exp(s_j)), z_h learned per head."""
 
     name = "sink_logit"
+    traits = VariantTraits(normalised=True, has_slot=True, fused=True)
 
     def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
         super().__init__(n_head, n_embd, impl)
@@ -209,6 +221,7 @@ class Sigmoid(AttentionVariant):
     """(f) o = sigmoid(s - log T) v with T the number of keys; no normalisation."""
 
     name = "sigmoid"
+    traits = VariantTraits(normalised=False, fused=True)
 
     def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
         s = causal_scores(q, k)
@@ -233,7 +246,7 @@ class ClippedSoftmax(AttentionVariant):
     """
 
     name = "clipped_softmax"
-    uses_block_size = True
+    traits = VariantTraits(normalised=False, fused=True, uses_block_size=True)
 
     def __init__(
         self,
@@ -269,15 +282,14 @@ class ClippedSoftmax(AttentionVariant):
     def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
         return {"clip": (self.zeta, self.gamma(x.shape[1]))}
 
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, zeta={self.zeta}, alpha={self.alpha}, "
-            f"block_size={self.block_size}"
-        )
+    def options(self) -> dict[str, Any]:
+        return {"zeta": self.zeta, "alpha": self.alpha, "block_size": self.block_size}
 
 
 class _OutputScaled(AttentionVariant):
     """o = scale(x) * softmax(s) v, with the scale computed from the block input x."""
+
+    traits = VariantTraits(normalised=True, fused=True)
 
     def scale(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -347,5 +359,5 @@ class Gated(_OutputScaled):
             return torch.sigmoid(logits + self.gate_bias.to(x.dtype))  # [B, T, H]
         return torch.sigmoid(self.gate_proj(x))
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, gate={self.gate}"
+    def options(self) -> dict[str, Any]:
+        return {"gate": self.gate}
