@@ -273,14 +273,14 @@ def test_clipped_softmax_gamma_uses_the_block_size_not_the_sequence_length() -> 
     full = variant(q, k, v, x)
     short = variant(q[:, :, :8], k[:, :, :8], v[:, :, :8], x[:, :8])
     torch.testing.assert_close(short, full[:, :, :8], rtol=0, atol=1e-12)
-    assert variant.gamma(8) == -4.0 / block
+    assert variant.gamma(8) == -12.0 / block  # alpha 12: the anchor's OPT script
     unbound = build_variant("clipped_softmax", H, C, impl="reference").double()
-    assert unbound.gamma(8) == -0.5  # no block size configured: the key count
+    assert unbound.gamma(8) == -1.5  # no block size configured: the key count
 
 
-def test_gated_conditional_per_head_is_bondarenkos_gate() -> None:
+def test_gated_conditional_per_token_is_bondarenkos_gate() -> None:
     torch.manual_seed(0)
-    variant = build_variant("gated", H, C, impl="reference", gate="conditional_per_head").double()
+    variant = build_variant("gated", H, C, impl="reference", gate="conditional_per_token").double()
     assert torch.allclose(
         torch.sigmoid(variant.gate_bias), torch.full((H,), 0.25, dtype=torch.float64)
     )
@@ -302,5 +302,36 @@ def test_gated_conditional_per_head_is_bondarenkos_gate() -> None:
             for h in range(H)
         ],
         dim=1,
-    )  # [B, H, T]: head h's gate reads only that head's slice of the input
+    )  # [B, H, T]: head h's gate reads only that head's slice of the input, token by token
     torch.testing.assert_close(variant(q, k, v, x), gates[..., None] * softmax_out)
+    # causal: the output of token t does not move when later tokens change
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    torch.testing.assert_close(variant(q, k, v, x2)[:, :, :-1], variant(q, k, v, x)[:, :, :-1])
+
+
+def test_gated_old_name_warns_and_names_the_new_one(caplog) -> None:
+    with pytest.warns(DeprecationWarning, match="use gate='conditional_per_token'") as record:
+        variant = build_variant("gated", H, C, gate="conditional_per_head")
+    assert "causal" in str(record[0].message) and "mean-pools" in str(record[0].message)
+    assert "deprecated" in caplog.text  # also on the console, where DeprecationWarnings hide
+    assert variant.options()["gate"] == "conditional_per_token"
+    assert {n for n, _ in variant.named_parameters()} == {"gate_weight", "gate_bias"}
+
+
+def test_gated_gate_init_follows_the_option() -> None:
+    """normal: N(0, 0.02); torch_default: nn.Linear(d, 1)'s U(-1/sqrt(d), 1/sqrt(d))."""
+    torch.manual_seed(0)
+    wide = build_variant("gated", 4, 4 * 64, gate="conditional_per_token").gate_weight
+    assert abs(wide.std().item() - 0.02) < 0.004
+    torch.manual_seed(0)
+    theirs = build_variant(
+        "gated", 4, 4 * 64, gate="conditional_per_token", gate_init="torch_default"
+    ).gate_weight
+    bound = 1 / math.sqrt(64)
+    assert theirs.abs().max() <= bound and theirs.abs().max() > 0.9 * bound
+    assert abs(theirs.std().item() - bound / math.sqrt(3)) < 0.02  # uniform's std
+    with pytest.raises(ValueError, match="gate_init applies to the conditional_per_token"):
+        build_variant("gated", H, C, gate="elementwise", gate_init="torch_default")
+    with pytest.raises(ValueError, match="gate_init must be one of"):
+        build_variant("gated", H, C, gate="conditional_per_token", gate_init="xavier")
