@@ -35,6 +35,7 @@ def _tile_kernel(QK, W, DS, qk_scale, log2_tk, MODE: tl.constexpr, N: tl.constex
     qk = tl.load(QK + offs)
     row = _modes.row_stat(QK, offs_m, offs_m < M, MODE)[None, :]  # (pointwise modes: no load)
     p = _modes.probs(qk, row, qk_scale, log2_tk, MODE, False)
+    p = tl.where(offs_m[None, :] >= offs_n[:, None], p, 0.0)  # the causal mask, as the backward
     tl.store(W + offs, _modes.weights(p, 1.0, 0.0, MODE))
     ones = tl.full(qk.shape, 1.0, tl.float32)  # dL/dW = 1: score_grad is dW/ds
     tl.store(DS + offs, _modes.score_grad(ones, p, qk, row, qk_scale, MODE))
@@ -59,7 +60,8 @@ def _pointwise(name: str, qk: torch.Tensor, sm_scale: float) -> tuple[torch.Tens
 @pytest.mark.parametrize("name", _modes.POINTWISE)
 def test_pointwise_score_grad_is_the_derivative_of_the_weights(name: str) -> None:
     """dW/ds from score_grad against central differences of the weights, away from s = 0 (a
-    kink for some): a new pointwise mode is checked without a line here."""
+    kink for some), and 0 where the causal mask zeroed the weights: a new pointwise mode is
+    checked without a line here."""
     gen = torch.Generator().manual_seed(0)
     sm_scale, h = 0.125, 1e-2
     qk = torch.randn(N, M, generator=gen, dtype=torch.float64) * 8
@@ -70,6 +72,8 @@ def test_pointwise_score_grad_is_the_derivative_of_the_weights(name: str) -> Non
     numeric = (w_plus.double() - w_minus.double()) / (2 * h * sm_scale)
     torch.testing.assert_close(ds.double(), numeric, rtol=2e-3, atol=1e-4)
     assert torch.isfinite(w).all() and (w >= 0).all() and (ds != 0).any()
+    future = torch.ones(N, M, dtype=torch.bool, device=DEVICE).tril(-1)  # key j > query i
+    assert (w[future] == 0).all() and (ds[future] == 0).all()
 
 
 def test_an_unknown_mode_does_not_compile() -> None:

@@ -139,7 +139,8 @@ def probs_grad(dw, p, clip_a, clip_g, MODE: tl.constexpr):
 
 @triton.jit
 def score_grad(dw, p, qk, row, qk_scale, MODE: tl.constexpr):
-    """dL/ds (natural-log score) of a pointwise mode's tile from dL/dW: dL/dW f'(s). (A
+    """dL/ds (natural-log score) of a pointwise mode's tile from dL/dW: dL/dW f'(s). p is
+    ``probs`` after the causal mask: the result must be 0 where p was masked to 0. (A
     normalised mode's is P (``probs_grad`` - Delta_i), formed by the backward around its Delta
     load.)"""
     if MODE == MODE_SIGMOID:
