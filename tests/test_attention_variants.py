@@ -60,6 +60,9 @@ def _formula(name: str, q, k, v, x, params: dict[str, torch.Tensor], options: di
     if name == "sigmoid":
         p = torch.sigmoid(s - math.log(T))
         return p @ v, p
+    if name == "relu":  # Guo et al.'s code: divided by the keys each query sees, i + 1
+        p = torch.relu(s) / torch.arange(1, T + 1, dtype=s.dtype)[:, None]
+        return p @ v, p
     if name == "clipped_softmax":
         gamma = -options["alpha"] / T
         p = torch.clamp((options["zeta"] - gamma) * softmax + gamma, 0, 1)
@@ -203,6 +206,20 @@ def test_self_check_key_tells_options_apart() -> None:
     assert a._self_check_key(q) != b._self_check_key(q)
     reference, auto = (build_variant("softmax", H, C, impl=i) for i in ("reference", "auto"))
     assert reference._self_check_key(q) == auto._self_check_key(q)  # impl is not an option
+
+
+def test_relu_attention_divides_by_the_keys_each_query_sees() -> None:
+    """With every score 1, relu attention is the running mean of the values (Guo et al.'s
+    divisor i + 1; the paper's 1 / T would shrink early queries' outputs)."""
+    q = torch.zeros(1, H, T, D, dtype=torch.float64)
+    q[..., 0] = math.sqrt(math.sqrt(D))  # s = q . k / sqrt(d) = 1 with k = q
+    v = torch.randn(1, H, T, D, dtype=torch.float64)
+    out = build_variant("relu", H, C, impl="reference")(q, q, v, torch.zeros(1, T, C))
+    running_mean = v.cumsum(dim=2) / torch.arange(1, T + 1, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(out, running_mean)
+    # negative scores contribute nothing
+    out = build_variant("relu", H, C, impl="reference")(q, -q, v, torch.zeros(1, T, C))
+    assert (out == 0).all()
 
 
 def test_key_mass_is_column_sum_of_weights() -> None:

@@ -239,6 +239,32 @@ class Sigmoid(AttentionVariant):
 
 
 @register_variant
+class ReLU(AttentionVariant):
+    """ReLU attention (Guo et al. 2024, the mitigation they name for attention sinks and massive
+    activations): o_i = sum_{j <= i} relu(s_ij) v_j / (i + 1), no normalisation.
+
+    The divisor is Guo et al.'s code's, not the paper's 1/T: their ``Attention.forward`` with
+    ``attn_use_relu`` (Active-Dormant-Attention, BBM/model.py) divides the ReLU scores by
+    arange(1, T + 1) along the query axis, i.e. by the number of keys query i sees.
+    """
+
+    name = "relu"
+    traits = VariantTraits(normalised=False, fused=True)
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        s = causal_scores(q, k)  # relu(-inf) = 0 on masked keys
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        seen = torch.arange(t_k - t_q + 1, t_k + 1, device=q.device, dtype=s.dtype)
+        return torch.relu(s) / seen[:, None]  # query i sees keys 0 .. i (aligned at the end)
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return torch.matmul(self.attention_weights(q, k, x), upcast(v)).to(v.dtype)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"mode": "relu"}
+
+
+@register_variant
 class ClippedSoftmax(AttentionVariant):
     """Bondarenko et al. 2023: P' = clip((zeta - gamma) softmax(s) + gamma, 0, 1), gamma = -alpha/T.
 

@@ -9,7 +9,7 @@ qk_ij = q_i . k_j, with s_ij = qk_ij * sm_scale (natural log) and ``qk_scale = s
   (rowsum(dO * O) when W = P). Softmax runs online in the forward; ``lse_first`` modes (clip)
   need the row's final LSE before their first key: an LSE-only forward pass first, and Delta
   from its own pass.
-* **pointwise** (sigmoid): W = f(s_ij, i, T) alone: no running max or sum, no LSE, no Delta;
+* **pointwise** (sigmoid, relu): W = f(s_ij, i, T) alone: no running max or sum, no LSE, no Delta;
   dL/ds = dL/dW f'(s).
 
 The kernels call ``row_stat`` (a per-query number the formula needs), ``probs`` (P of a tile),
@@ -43,6 +43,7 @@ MODES: dict[str, ModeTraits] = {
     "softmax": ModeTraits(0, normalised=True),
     "sigmoid": ModeTraits(1, normalised=False),
     "clip": ModeTraits(2, normalised=True, lse_first=True),
+    "relu": ModeTraits(3, normalised=False),
 }
 BY_ID: dict[int, str] = {m.id: name for name, m in MODES.items()}
 POINTWISE: tuple[str, ...] = tuple(n for n, m in MODES.items() if not m.normalised)
@@ -52,9 +53,11 @@ CALLER_MODES: tuple[str, ...] = ("softmax", *POINTWISE)
 MODE_SOFTMAX = tl.constexpr(MODES["softmax"].id)  # online softmax (+ sink / extra slot)
 MODE_SIGMOID = tl.constexpr(MODES["sigmoid"].id)  # sigmoid(s - ln T)
 MODE_CLIP = tl.constexpr(MODES["clip"].id)  # clamp(a P + g, 0, 1) from a stored LSE
+MODE_RELU = tl.constexpr(MODES["relu"].id)  # relu(s) / (i + 1)
 # One bit per normalised mode id: the kernels' compile-time view of the table above.
 _NORMALISED_BITS = tl.constexpr(sum(1 << m.id for m in MODES.values() if m.normalised))
 
+LN2 = tl.constexpr(0.6931471805599453)
 LN2_HALF = tl.constexpr(0.34657359027997264)
 
 
@@ -98,11 +101,14 @@ def clip01(x):
 @triton.jit
 def row_stat(LSE_row, offs_m, row_ok, MODE: tl.constexpr):
     """The per-query number ``probs`` reads for queries offs_m: the stored base-2 LSE of a
-    normalised mode (0 past T), nothing (zeros) for sigmoid."""
+    normalised mode (0 past T), 1 / (i + 1) for relu (query i sees i + 1 keys), nothing (zeros)
+    for sigmoid."""
     if normalised(MODE):
         row = tl.load(LSE_row + offs_m, mask=row_ok, other=0.0)
     elif MODE == MODE_SIGMOID:
         row = tl.zeros(offs_m.shape, dtype=tl.float32)
+    elif MODE == MODE_RELU:
+        row = 1.0 / (offs_m + 1).to(tl.float32)
     else:
         tl.static_assert(False, "unknown attention kernel MODE (see sysout/kernels/_modes.py)")
     return row
@@ -116,6 +122,9 @@ def probs(qk, row, qk_scale, log2_tk, MODE: tl.constexpr, FAST: tl.constexpr):
         p = tl.math.exp2(qk * qk_scale - row)
     elif MODE == MODE_SIGMOID:
         p = sigmoid_weights(qk, qk_scale, log2_tk, FAST)
+    elif MODE == MODE_RELU:
+        # relu(s) / (i + 1) with s = qk * qk_scale * ln 2 (ln 2 > 0 moves out of the relu)
+        p = tl.maximum(qk * qk_scale, 0.0) * (row * LN2)
     else:
         tl.static_assert(False, "unknown attention kernel MODE (see sysout/kernels/_modes.py)")
     return p
@@ -145,6 +154,8 @@ def score_grad(dw, p, qk, row, qk_scale, MODE: tl.constexpr):
     load.)"""
     if MODE == MODE_SIGMOID:
         ds = dw * p * (1.0 - p)
+    elif MODE == MODE_RELU:
+        ds = tl.where(p > 0.0, dw * row, 0.0)  # relu'(s) / (i + 1), from the masked p
     else:
         tl.static_assert(False, "not a pointwise attention kernel MODE (see _modes.py)")
     return ds
