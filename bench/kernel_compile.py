@@ -4,9 +4,10 @@ Triton compiles for a CUDA target on any machine (ptxas and cuobjdump ship with 
 of each kernel can be read ahead of a GPU: registers, spill bytes, shared memory, whether the
 matmuls are Hopper ``wgmma``, the matmuls (``dot`` ops) in each loop of the Triton IR and, from
 the SASS, the instructions and special-function operations (MUFU) in each loop body. Every
-kernel of the sysout family (each variant's switches: forward, backward, key-mass pass) is
-compiled in each autotune config kept for bf16 at d = 64 and 128, beside the Triton tutorial's
-forward and backward (``bench/tutorial_attention.py``) compiled the same way.
+kernel of the sysout family that a registered fused variant uses (its switches, read from its
+own ``kernel_arguments``: forward, backward, key-mass pass) is compiled in each autotune config
+kept for bf16 at d = 64 and 128, beside the Triton tutorial's forward and backward
+(``bench/tutorial_attention.py``) compiled the same way.
 
     python bench/kernel_compile.py     # writes benchmarks/results/kernel_compile-sm90.json
     python bench/kernel_compile.py --head-dims 64 --only fwd --jobs 2
@@ -34,13 +35,16 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # what a launch on a GPU
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 import tutorial_attention as tutorial  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from sysout.attention import build_variant, get_variant_class, variants_with  # noqa: E402
 from sysout.kernels._plans import SCALARS_FP32, sysout_cases  # noqa: E402
+from sysout.kernels.flash_attention import kernel_spec  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = Path(get_ptxas(90).path).parent
@@ -60,6 +64,7 @@ class Case:
     head_dim: int
     fp32_ptrs: set = field(default_factory=set)
     scalars_fp32: set = field(default_factory=lambda: set(SCALARS_FP32))
+    variants: tuple = ()  # the registered variants that run this specialisation
 
     def signature(self) -> tuple[dict, dict]:
         """Triton signature for bf16 tensors, and the 16-divisibility hints a launch with
@@ -85,6 +90,7 @@ class Case:
             "family": self.family,
             "kernel": self.kernel,
             "variant": self.variant,
+            **({"variants": list(self.variants)} if self.variants else {}),
             "head_dim": self.head_dim,
             "config": {**cfg, "num_warps": self.num_warps, "num_stages": self.num_stages},
         }
@@ -214,6 +220,20 @@ def _compile_index(i: int) -> dict:
 # ------------------------------------------------------------------------------------------
 # What to compile
 # ------------------------------------------------------------------------------------------
+def registry_specs(head_dim: int) -> dict:
+    """The kernel switches of every registered fused variant with its default options, from its
+    own ``kernel_arguments`` (so a new variant is compiled without an edit here)."""
+    B, H, T = 1, 2, 8
+    specs = {}
+    for name in variants_with(fused=True):
+        options = {"block_size": 1024} if get_variant_class(name).traits.uses_block_size else {}
+        variant = build_variant(name, H, H * head_dim, impl="reference", **options)
+        with torch.no_grad():
+            arguments = variant.kernel_arguments(torch.zeros(B, T, H * head_dim))
+        specs[name] = kernel_spec((B, H, T, head_dim), **arguments)
+    return specs
+
+
 def tutorial_cases(head_dim: int) -> list[Case]:
     fwd_ptrs = {"M"}
     cases = [
@@ -289,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cases: list[Case] = []
     for d in args.head_dims:
-        cases += [Case(**c) for c in sysout_cases(d)]
+        cases += [Case(**c) for c in sysout_cases(d, registry_specs(d))]
         if not args.no_tutorial:
             cases += tutorial_cases(d)
     if args.only:

@@ -61,6 +61,9 @@ def reference(
     if mode == "sigmoid":
         p = torch.sigmoid(s - math.log(T)) * causal  # T_k = number of keys
         o = p @ v
+    elif mode == "relu":  # Guo et al.: divided by the number of keys query i sees, i + 1
+        p = torch.relu(s) * causal / torch.arange(1, T + 1, dtype=s.dtype, device=s.device)[:, None]
+        o = p @ v
     else:
         s = s.masked_fill(~causal, float("-inf"))
         front = []  # extra softmax columns in front of the real keys
@@ -111,6 +114,7 @@ def make_kwargs(name: str, B: int, H: int, T: int, D: int, dtype, gen) -> dict:
     return {
         "softmax": lambda: {},
         "sigmoid": lambda: {"mode": "sigmoid"},
+        "relu": lambda: {"mode": "relu"},
         "sink_logit": lambda: {"sink_logit": rand(H)},
         "softmax1": lambda: {"sink_logit": torch.zeros(H, device=DEVICE, dtype=dtype)},
         "kv_bias": lambda: {**kv(), "extra_slot": "kv"},
@@ -126,6 +130,7 @@ def make_kwargs(name: str, B: int, H: int, T: int, D: int, dtype, gen) -> dict:
             "out_scale": gate(B, H, T),
         },
         "sigmoid_gated": lambda: {"mode": "sigmoid", "out_scale": gate(B, H, T, D)},
+        "relu_scaled": lambda: {"mode": "relu", "out_scale": gate(B, H, T)},
         "context_scaled": lambda: {**kv(), "extra_slot": "context", "out_scale": gate(B, H, T)},
         "sink_gated_channel": lambda: {"sink_logit": rand(H), "out_scale": gate(B, H, T, D)},
     }[name]()
@@ -141,9 +146,11 @@ VARIANTS = [
     "ca_scaling",
     "gated_channel",
     "clipped_softmax",
+    "relu",
     "kv_sink",
     "clip_sink_scaled",
     "sigmoid_gated",
+    "relu_scaled",
     "context_scaled",
     "sink_gated_channel",
 ]
@@ -332,7 +339,7 @@ def test_invalid_arguments():
     q = torch.randn(1, 2, 8, 32, device=DEVICE)
     ek = torch.randn(2, 32, device=DEVICE)
     with pytest.raises(ValueError):
-        fused_attention(q, q, q, mode="relu")
+        fused_attention(q, q, q, mode="tanh")
     with pytest.raises(ValueError):
         fused_attention(q, q, q, mode="sigmoid", sink_logit=torch.zeros(2, device=DEVICE))
     with pytest.raises(ValueError):

@@ -1,8 +1,9 @@
 """Attention variants: one registry, one class per formulation (see SPEC section 3).
 
 Adding a variant: write a small :class:`AttentionVariant` subclass decorated with
-``@register_variant`` in ``variants.py`` (or any module imported here) and a YAML file in
-``conf/attention/`` naming it.
+``@register_variant`` in ``variants.py`` (or any module imported here), declaring its
+``traits = VariantTraits(...)``, and a YAML file in ``conf/attention/`` naming it. Who needs to
+know what a variant is asks :func:`variants_with` or ``get_variant_class(name).traits``.
 """
 
 from typing import Any
@@ -11,13 +12,16 @@ from sysout.attention import variants as _variants  # noqa: F401  (registers the
 from sysout.attention.base import (
     IMPLEMENTATIONS,
     SELF_CHECK_MODES,
+    TRAIT_NAMES,
     AttentionVariant,
+    VariantTraits,
     causal_mask,
     causal_scores,
     get_variant_class,
     register_variant,
     set_kernel_self_check,
     variant_names,
+    variants_with,
 )
 
 
@@ -35,7 +39,9 @@ def build_variant(
 __all__ = [
     "IMPLEMENTATIONS",
     "SELF_CHECK_MODES",
+    "TRAIT_NAMES",
     "AttentionVariant",
+    "VariantTraits",
     "build_variant",
     "causal_mask",
     "causal_scores",
@@ -43,4 +49,5 @@ __all__ = [
     "register_variant",
     "set_kernel_self_check",
     "variant_names",
+    "variants_with",
 ]

@@ -7,9 +7,12 @@ per-head output ``o [B, H, T, d]`` that goes into the output projection ``c_proj
 Each variant provides two things:
 - ``reference``: an exact PyTorch implementation (SDPA where exact, explicit scores otherwise);
 - ``attention_weights``: the weights ``P [B, H, T, T]`` its formula applies to the real values,
-  which is what the outlier probe measures (sigmoid and sink variants do not sum to one).
-A variant that the fused Triton kernel can run also returns its kernel switches from
-``kernel_arguments``; ``impl="triton"`` then routes through :func:`sysout.kernels.fused_attention`.
+  which is what the outlier probe measures (sigmoid and sink variants do not sum to one);
+and declares what its formula is once, on the class: ``traits = VariantTraits(...)``. A variant
+is reference-only unless its traits say ``fused=True``; it then returns its kernel switches
+from ``kernel_arguments`` and ``impl="triton"`` routes through
+:func:`sysout.kernels.fused_attention`. Tests, the kernels' compile plan and the lab read the
+traits through :func:`variants_with`; nothing keeps its own list of variant names.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import math
 import os
 import warnings
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -45,21 +49,80 @@ def set_kernel_self_check(mode: str) -> None:
     _VERDICTS.clear()
 
 
+@dataclass(frozen=True)
+class VariantTraits:
+    """What a variant's formula is, declared once on its class.
+
+    - ``normalised``: each query's weights over the real keys sum to 1, or to 1 together with
+      a slot (``has_slot``). False where row sums are free (sigmoid, clipped softmax).
+    - ``has_slot``: a place to park attention besides the tokens (kv_bias's extra key/value
+      slot, the sink logit of sink_logit and softmax1): the real keys' weights sum below 1.
+    - ``fused``: the fused Triton kernel computes exactly this formula from
+      ``kernel_arguments``. False (the default) keeps the variant on its PyTorch reference and
+      makes ``impl="triton"`` an error.
+    - ``uses_block_size``: the formula is fixed at the training length, so the model passes
+      its ``block_size`` as an option (clipped softmax's gamma = -alpha / T).
+    """
+
+    normalised: bool
+    has_slot: bool = False
+    fused: bool = False
+    uses_block_size: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), bool):
+                raise TypeError(f"VariantTraits.{f.name} must be a bool")
+
+
+TRAIT_NAMES = tuple(f.name for f in fields(VariantTraits))
 _REGISTRY: dict[str, type[AttentionVariant]] = {}
 
 
+def _defined_in(cls: type, attribute: str) -> type:
+    return next(c for c in cls.__mro__ if attribute in vars(c))
+
+
 def register_variant(cls: type[AttentionVariant]) -> type[AttentionVariant]:
-    """Class decorator: make a variant constructible by its ``name``."""
+    """Class decorator: make a variant constructible by its ``name``.
+
+    Refuses a class without its own traits, and a fused class whose ``kernel_arguments`` come
+    from above the class that defines its weights (a subclass that changes the formula but
+    would still run its parent's kernel)."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a class attribute `name`")
     if cls.name in _REGISTRY:
         raise ValueError(f"attention variant {cls.name!r} registered twice")
+    if not isinstance(cls.traits, VariantTraits):
+        raise TypeError(f"{cls.__name__} must declare `traits = VariantTraits(normalised=...)`")
+    if cls.traits.fused:
+        kernel = _defined_in(cls, "kernel_arguments")
+        weights = _defined_in(cls, "attention_weights")
+        if kernel is AttentionVariant or not issubclass(kernel, weights):
+            raise TypeError(
+                f"{cls.__name__} declares fused=True, but its kernel_arguments come from "
+                f"{kernel.__name__} and its attention_weights from {weights.__name__}: define "
+                "kernel_arguments for this formula, or declare fused=False"
+            )
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def variant_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def variants_with(**traits: bool) -> list[str]:
+    """The registered variants whose traits have the given values, sorted by name, e.g.
+    ``variants_with(has_slot=True)`` or ``variants_with(fused=True, normalised=False)``."""
+    unknown = set(traits) - set(TRAIT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown variant trait(s) {sorted(unknown)}; traits: {TRAIT_NAMES}")
+    return [
+        name
+        for name in variant_names()
+        if all(getattr(_REGISTRY[name].traits, k) == v for k, v in traits.items())
+    ]
 
 
 def get_variant_class(name: str) -> type[AttentionVariant]:
@@ -90,11 +153,12 @@ def causal_scores(q: Tensor, k: Tensor) -> Tensor:
 
 
 class AttentionVariant(nn.Module):
-    """Base class: subclasses set ``name`` and implement ``reference`` and ``attention_weights``."""
+    """Base class: subclasses set ``name`` and ``traits`` and implement ``reference`` and
+    ``attention_weights`` (and ``kernel_arguments`` when their traits say ``fused``)."""
 
     name: ClassVar[str] = ""
-    #: True when :meth:`kernel_arguments` describes the variant exactly to the fused kernel.
-    fused: ClassVar[bool] = True
+    #: Declared by every registered class; the base declares none (see register_variant).
+    traits: ClassVar[VariantTraits | None] = None
 
     def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
         super().__init__()
@@ -102,10 +166,20 @@ class AttentionVariant(nn.Module):
             raise ValueError(f"attention.impl={impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        if impl == "triton" and not (self.traits and self.traits.fused):
+            raise ValueError(
+                f"attention variant {self.name!r} has no fused kernel path (reference only): "
+                "use attention.impl=auto or attention.impl=reference"
+            )
         self.n_head = n_head
         self.n_embd = n_embd
         self.head_dim = n_embd // n_head
         self.impl = impl
+
+    @property
+    def fused(self) -> bool:
+        """Whether the fused kernel can run this variant (its class's ``traits.fused``)."""
+        return bool(self.traits and self.traits.fused)
 
     # --- what subclasses provide -------------------------------------------------------------
     def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
@@ -116,7 +190,14 @@ class AttentionVariant(nn.Module):
         raise NotImplementedError
 
     def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
-        """Keyword arguments of :func:`sysout.kernels.fused_attention` for this variant."""
+        """Keyword arguments of :func:`sysout.kernels.fused_attention` for this variant (only
+        fused variants have them: ``{}`` means plain softmax and must be said explicitly)."""
+        raise NotImplementedError(f"attention variant {self.name!r} has no fused kernel path")
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options that make this instance what it is (beyond n_head, n_embd,
+        impl): ``build_variant(name, n_head, n_embd, **v.options())`` rebuilds it. They key
+        the kernel self-check's verdicts and appear in the module's repr."""
         return {}
 
     def no_weight_decay(self) -> set[str]:
@@ -146,7 +227,7 @@ class AttentionVariant(nn.Module):
 
     # --- trust, but verify ---------------------------------------------------------------------
     def _self_check_key(self, q: Tensor) -> tuple:
-        options = self.extra_repr().replace(f"impl={self.impl}", "")
+        options = tuple(sorted(self.options().items()))
         return (self.name, options, q.dtype, self.head_dim, q.device.type, q.device.index)
 
     def _kernel_trusted(self, q: Tensor) -> bool:
@@ -268,4 +349,5 @@ class AttentionVariant(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"n_head={self.n_head}, head_dim={self.head_dim}, impl={self.impl}"
+        options = "".join(f", {k}={v}" for k, v in self.options().items())
+        return f"n_head={self.n_head}, head_dim={self.head_dim}, impl={self.impl}{options}"

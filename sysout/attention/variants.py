@@ -10,7 +10,9 @@ not decayed.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -19,11 +21,14 @@ from torch import Tensor, nn
 
 from sysout.attention.base import (
     AttentionVariant,
+    VariantTraits,
     causal_mask,
     causal_scores,
     register_variant,
     upcast,
 )
+
+_log = logging.getLogger(__name__)
 
 
 def _head_vectors(n_head: int, head_dim: int) -> nn.Parameter:
@@ -70,12 +75,16 @@ class Softmax(AttentionVariant):
     """(a) o = softmax(s) v."""
 
     name = "softmax"
+    traits = VariantTraits(normalised=True, fused=True)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
         return torch.softmax(causal_scores(q, k), dim=-1)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {}  # the kernel's default: plain softmax
 
 
 @register_variant
@@ -108,6 +117,7 @@ class KVBias(AttentionVariant):
     """(d) o = softmax([q k'^T / sqrt(d), s]) [v'; v]: an extra key/value slot every query sees."""
 
     name = "kv_bias"
+    traits = VariantTraits(normalised=True, has_slot=True, fused=True)
 
     def __init__(
         self, n_head: int, n_embd: int, impl: str = "auto", decay_bias: bool = True
@@ -122,6 +132,9 @@ class KVBias(AttentionVariant):
 
     def no_weight_decay(self) -> set[str]:
         return set() if self.decay_bias else {"key_bias", "value_bias"}
+
+    def options(self) -> dict[str, Any]:
+        return {"decay_bias": self.decay_bias}
 
     def slot_scores(self, q: Tensor) -> Tensor:
         """q . k' / sqrt(d) as [B, H, T, 1] in at least float32."""
@@ -148,6 +161,8 @@ class ContextBias(KVBias):
     """
 
     name = "context_bias"
+    # v' enters beside the real values, whose weights stay a softmax: no place to park.
+    traits = VariantTraits(normalised=True, fused=True)
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
         plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -169,6 +184,7 @@ class SinkLogit(AttentionVariant):
     """gpt-oss sinks: o = sum_j exp(s_j) v_j / (exp(z_h) + sum_j exp(s_j)), z_h learned per head."""
 
     name = "sink_logit"
+    traits = VariantTraits(normalised=True, has_slot=True, fused=True)
 
     def __init__(self, n_head: int, n_embd: int, impl: str = "auto") -> None:
         super().__init__(n_head, n_embd, impl)
@@ -209,6 +225,7 @@ class Sigmoid(AttentionVariant):
     """(f) o = sigmoid(s - log T) v with T the number of keys; no normalisation."""
 
     name = "sigmoid"
+    traits = VariantTraits(normalised=False, fused=True)
 
     def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
         s = causal_scores(q, k)
@@ -222,18 +239,44 @@ class Sigmoid(AttentionVariant):
 
 
 @register_variant
+class ReLU(AttentionVariant):
+    """ReLU attention (Guo et al. 2024, the mitigation they name for attention sinks and massive
+    activations): o_i = sum_{j <= i} relu(s_ij) v_j / (i + 1), no normalisation.
+
+    The divisor is Guo et al.'s code's, not the paper's 1/T: their ``Attention.forward`` with
+    ``attn_use_relu`` (Active-Dormant-Attention, BBM/model.py) divides the ReLU scores by
+    arange(1, T + 1) along the query axis, i.e. by the number of keys query i sees.
+    """
+
+    name = "relu"
+    traits = VariantTraits(normalised=False, fused=True)
+
+    def attention_weights(self, q: Tensor, k: Tensor, x: Tensor) -> Tensor:
+        s = causal_scores(q, k)  # relu(-inf) = 0 on masked keys
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        seen = torch.arange(t_k - t_q + 1, t_k + 1, device=q.device, dtype=s.dtype)
+        return torch.relu(s) / seen[:, None]  # query i sees keys 0 .. i (aligned at the end)
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        return torch.matmul(self.attention_weights(q, k, x), upcast(v)).to(v.dtype)
+
+    def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
+        return {"mode": "relu"}
+
+
+@register_variant
 class ClippedSoftmax(AttentionVariant):
     """Bondarenko et al. 2023: P' = clip((zeta - gamma) softmax(s) + gamma, 0, 1), gamma = -alpha/T.
 
     Lets a head output exact zeros without pushing logits to infinity. T is the training length
     (the model's block size), fixed, as in the official code: a short probe sentence sees the
-    same gamma as the windows the model was trained on. Defaults zeta = 1, alpha = 4; the anchor
-    (outlier-free-transformers) sweeps alpha in {2, 4, 8, 12, 16} with zeta = 1 for BERT/OPT
-    (its clip_softmax alpha is passed as gamma = -alpha / T, and 4 to 12 work best).
+    same gamma as the windows the model was trained on. Defaults zeta = 1, alpha = 12: the
+    anchor's OPT-125m script (outlier-free-transformers, ``--alpha 12``, gamma = -alpha / T
+    with T its block size, zeta = 1); its BERT script fixes gamma = -0.025 instead.
     """
 
     name = "clipped_softmax"
-    uses_block_size = True
+    traits = VariantTraits(normalised=False, fused=True, uses_block_size=True)
 
     def __init__(
         self,
@@ -241,7 +284,7 @@ class ClippedSoftmax(AttentionVariant):
         n_embd: int,
         impl: str = "auto",
         zeta: float = 1.0,
-        alpha: float = 4.0,
+        alpha: float = 12.0,
         block_size: int | None = None,
     ) -> None:
         super().__init__(n_head, n_embd, impl)
@@ -269,15 +312,14 @@ class ClippedSoftmax(AttentionVariant):
     def kernel_arguments(self, x: Tensor) -> dict[str, Any]:
         return {"clip": (self.zeta, self.gamma(x.shape[1]))}
 
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, zeta={self.zeta}, alpha={self.alpha}, "
-            f"block_size={self.block_size}"
-        )
+    def options(self) -> dict[str, Any]:
+        return {"zeta": self.zeta, "alpha": self.alpha, "block_size": self.block_size}
 
 
 class _OutputScaled(AttentionVariant):
     """o = scale(x) * softmax(s) v, with the scale computed from the block input x."""
+
+    traits = VariantTraits(normalised=True, fused=True)
 
     def scale(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -316,36 +358,78 @@ class CAScaling(_OutputScaled):
 class Gated(_OutputScaled):
     """Gated attention: o = gate(x) * softmax(s) v with x the attention block's input.
 
-    ``gate``: ``elementwise`` (Qwen 2025: sigmoid(x W_g), W_g: C -> C, one gate per channel),
-    ``headwise`` (W_g: C -> H, one gate per head), or ``conditional_per_head`` (Bondarenko et al.
-    2023: per head h a Linear(d -> 1) on that head's slice x_h of the input, sigmoid(x_h w_h + b_h),
-    its bias initialised to logit(0.25) so every gate starts at 0.25).
+    ``gate``:
+    - ``elementwise`` (Qwen 2025: sigmoid(x W_g), W_g: C -> C, one gate per channel) or
+      ``headwise`` (W_g: C -> H, one gate per head). W_g is an ``nn.Linear`` and starts as the
+      model's ``init`` says (N(0, 0.02) under gpt2, PyTorch's default under torch_default).
+    - ``conditional_per_token`` (Bondarenko et al. 2023, the gate of their OPT and BERT
+      scripts): per head h a Linear(d -> 1) on that head's slice x_h of the input, one gate per
+      token and head, sigmoid(x_h w_h + b_h), b_h = logit(0.25) so every gate starts at 0.25
+      (their OPT scripts' ``--attn_gate_init 0.25``). ``gate_init`` sets w_h: ``normal``
+      (N(0, 0.02), sysout's default) or ``torch_default`` (PyTorch's Linear init,
+      U(-1/sqrt(d), 1/sqrt(d)), as in their code).
+    - ``conditional_per_head``: a deprecated alias of ``conditional_per_token``, the name
+      sysout used for it before. Bondarenko et al.'s own ``conditional_per_head`` mean-pools the
+      gate logit over the whole sequence: token i's gate would read tokens after i, which a
+      causal language model cannot do, so sysout does not offer it.
     """
 
     name = "gated"
-    GATES = ("elementwise", "headwise", "conditional_per_head")
+    GATES = ("elementwise", "headwise", "conditional_per_token")
+    GATE_INITS = ("normal", "torch_default")
+    _ALIASES = {"conditional_per_head": "conditional_per_token"}
 
     def __init__(
-        self, n_head: int, n_embd: int, impl: str = "auto", gate: str = "elementwise"
+        self,
+        n_head: int,
+        n_embd: int,
+        impl: str = "auto",
+        gate: str = "elementwise",
+        gate_init: str = "normal",
     ) -> None:
         super().__init__(n_head, n_embd, impl)
+        if gate in self._ALIASES:
+            message = (
+                f"gated attention: gate={gate!r} is deprecated; use gate="
+                f"{self._ALIASES[gate]!r}, the same per-token gate under Bondarenko et al.'s "
+                f"name. (Their own {gate!r} mean-pools the gate over the whole sequence, which "
+                "a causal language model cannot use, so sysout does not offer it.)"
+            )
+            _log.warning(message)  # (Python hides DeprecationWarnings outside __main__)
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            gate = self._ALIASES[gate]
         if gate not in self.GATES:
             raise ValueError(f"gated attention: gate must be one of {self.GATES}, got {gate!r}")
+        if gate_init not in self.GATE_INITS:
+            raise ValueError(
+                f"gated attention: gate_init must be one of {self.GATE_INITS}, got {gate_init!r}"
+            )
+        if gate_init != "normal" and gate != "conditional_per_token":
+            raise ValueError(
+                "gated attention: gate_init applies to the conditional_per_token gate; the "
+                f"{gate} gate is an nn.Linear that starts as model.init says"
+            )
         self.gate = gate
-        if gate == "conditional_per_head":
-            self.gate_weight = nn.Parameter(torch.empty(n_head, self.head_dim).normal_(0.0, 0.02))
+        self.gate_init = gate_init
+        if gate == "conditional_per_token":
+            self.gate_weight = nn.Parameter(torch.empty(n_head, self.head_dim))
             self.gate_bias = nn.Parameter(torch.full((n_head,), math.log(0.25 / 0.75)))
+            if gate_init == "normal":
+                nn.init.normal_(self.gate_weight, 0.0, 0.02)
+            else:  # nn.Linear(d, 1)'s own init, one row per head: U(-1/sqrt(d), 1/sqrt(d))
+                bound = 1.0 / math.sqrt(self.head_dim)
+                nn.init.uniform_(self.gate_weight, -bound, bound)
         else:
             width = n_embd if gate == "elementwise" else n_head
             self.gate_proj = nn.Linear(n_embd, width, bias=False)
 
     def scale(self, x: Tensor) -> Tensor:
-        if self.gate == "conditional_per_head":
+        if self.gate == "conditional_per_token":
             b, t, _ = x.shape
             slices = x.view(b, t, self.n_head, self.head_dim)
             logits = torch.einsum("bthd,hd->bth", slices, self.gate_weight.to(x.dtype))
             return torch.sigmoid(logits + self.gate_bias.to(x.dtype))  # [B, T, H]
         return torch.sigmoid(self.gate_proj(x))
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, gate={self.gate}"
+    def options(self) -> dict[str, Any]:
+        return {"gate": self.gate, "gate_init": self.gate_init}

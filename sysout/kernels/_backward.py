@@ -11,9 +11,10 @@ Both recompute the weights P from the stored base-2 LSE instead of storing them:
 
 The clipped softmax's Delta and the key mass take their own passes (``_passes.py``).
 
-Gradient wrt the natural-log score s_ij (dS below; the kernels call it ds):
-  softmax-like:  dS = P * (dP - Delta),   dP = dO . v_j  (times the clip mask and slope for clip)
-  sigmoid:       dS = dP * P * (1 - P)    (no normalisation, so no Delta)
+Gradient wrt the natural-log score s_ij (dS below; the kernels call it ds), the per-mode parts
+in ``_modes.probs_grad`` (normalised) and ``_modes.score_grad`` (pointwise):
+  normalised:  dS = P * (dL/dP - Delta),  dL/dP = dP = dO . v_j (through the clamp for clip)
+  pointwise:   dS = dP * f'(s)            (sigmoid: dP * P * (1 - P); no normalisation, no Delta)
 and dQ = sm_scale * dS K, dK = sm_scale * dS^T Q, dV = W^T dO with W the weights applied to V.
 
 The switches (e_i = sm_scale q_i.k' the extra slot's logit, p0_i its weight, dp0_i = dO_i . v'):
@@ -32,21 +33,19 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, _modes
 from ._common import (
     EXTRA_KV,
     EXTRA_NONE,
     MASK_CAUSAL,
     MASK_NONE,
     MASK_ROWS,
-    MODE_CLIP,
-    MODE_SIGMOID,
-    MODE_SOFTMAX,
     SCALE_HEAD,
     SCALE_NONE,
     autotune,
     bwd_configs,
 )
+from ._modes import MODE_SOFTMAX
 
 
 @triton.jit
@@ -123,7 +122,7 @@ def attn_bwd_preprocess_kernel(
         do_strides = (stride_db, stride_dh, stride_dt)
         _common.store_rows(DO, do, off_b, off_h, do_strides, lo, offs_mb, offs_d, row_ok)
 
-    if MODE != MODE_SIGMOID:
+    if _modes.normalised(MODE):
         delta = tl.sum(do * x, 1) if SAVED_RAW else tl.sum(dy * x, 1)
         if EXTRA != EXTRA_NONE:
             ev = tl.load(EV + off_h * HEAD_DIM + offs_d).to(tl.float32)
@@ -156,7 +155,7 @@ def attn_bwd_preprocess_kernel(
             ek = tl.load(EK + off_h * HEAD_DIM + offs_d).to(tl.float32)
             dq_offs = _common.tile_offsets(row0 + lo, HEAD_DIM, offs_mb, offs_d)
             tl.store(DQ + dq_offs, de[:, None] * ek[None, :], mask=mask2)
-        if MODE == MODE_SOFTMAX:  # the clipped softmax gets its Delta from its own pass
+        if MODE == MODE_SOFTMAX:  # (W = P; the clipped softmax gets Delta from its own pass)
             tl.store(Delta + row0 + offs_m, delta, mask=row_ok)
 
 
@@ -204,31 +203,24 @@ def _bwd_inner(
         qT = _common.load_if(qT_ptrs, row_ok[None, :], MASK != MASK_NONE)
         do = _common.load_if(do_ptrs, row_ok[:, None], MASK != MASK_NONE)
         qkT = tl.dot(k, qT, input_precision=DOT_PREC)
-        if MODE == MODE_SIGMOID:
-            pT = _common.sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
-        else:
-            lse = tl.load(LSE_row + offs_m, mask=row_ok, other=0.0)
-            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        row = _modes.row_stat(LSE_row, offs_m, row_ok, MODE)[None, :]
+        pT = _modes.probs(qkT, row, qk_scale, log2_tk, MODE, FAST_SIGMOID)
         if MASK == MASK_CAUSAL:
             valid = offs_m[None, :] >= offs_n[:, None]
             pT = tl.where(valid, pT, 0.0)
-        wT = pT  # the weights applied to v
-        if MODE == MODE_CLIP:
-            xT = clip_a * pT + clip_g
-            wT = _common.clip01(xT)
-            if MASK == MASK_CAUSAL:
-                wT = tl.where(valid, wT, 0.0)
+        wT = _modes.weights(pT, clip_a, clip_g, MODE)  # the weights applied to v
+        if MASK == MASK_CAUSAL:
+            wT = tl.where(valid, wT, 0.0)  # (a no-op unless W is not P: the clamp's + gamma)
 
         dv = tl.dot(wT.to(do.dtype), do, dv, input_precision=DOT_PREC)
         dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        if MODE == MODE_SIGMOID:
-            dsT = dpT * pT * (1.0 - pT)
-        else:
-            if MODE == MODE_CLIP:
-                # d clamp / dx is 1 inside [0, 1] (torch.clamp's convention at the edges)
-                dpT = tl.where((xT >= 0.0) & (xT <= 1.0), dpT * clip_a, 0.0)
+        if _modes.normalised(MODE):
+            dpT = _modes.probs_grad(dpT, pT, clip_a, clip_g, MODE)
+            # (loaded after the clamp's mask, as before: other orders cost a few instructions)
             delta = tl.load(Delta_row + offs_m, mask=row_ok, other=0.0)
             dsT = pT * (dpT - delta[None, :])
+        else:
+            dsT = _modes.score_grad(dpT, pT, qkT, row, qk_scale, MODE)
         dsT = dsT.to(qT.dtype)
         dk = tl.dot(dsT, tl.trans(qT), dk, input_precision=DOT_PREC)
         # dQ rows are shared by every key block: accumulate them atomically (FlashAttention-2),

@@ -13,11 +13,9 @@ import triton
 import triton.language as tl
 
 from ._env import interpreting
+from ._modes import MODE_CLIP
 
-# How the weight of query i on key j is formed.
-MODE_SOFTMAX = tl.constexpr(0)  # online softmax (optionally with a sink / an extra slot)
-MODE_SIGMOID = tl.constexpr(1)  # p = sigmoid(s - log T): no max, no sum, no LSE
-MODE_CLIP = tl.constexpr(2)  # p = clamp(a * exp(s - LSE) + g, 0, 1) from a stored LSE
+# How the weight of query i on key j is formed (MODE): see _modes.py, the one place per mode.
 
 # The extra key/value slot (k', v').
 EXTRA_NONE = tl.constexpr(0)
@@ -36,7 +34,6 @@ SCALE_CHANNEL = tl.constexpr(2)  # S is [B, H, T, d]: one factor per channel
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = 0.6931471805599453
-LN2_HALF = tl.constexpr(0.34657359027997264)
 
 
 # The interpreter's one config per kernel (see `_configs`) has small and deliberately unequal
@@ -197,24 +194,6 @@ def program_block(num_blocks, BH, HEAVY_FIRST: tl.constexpr):
 
 
 @triton.jit
-def sigmoid_weights(qk, qk_scale, log2_tk, FAST: tl.constexpr):
-    """sigmoid(s - ln T) from raw scores qk (s = qk * sm_scale; qk_scale = sm_scale log2 e).
-
-    FAST (CUDA, half inputs): one special-function op, sigmoid(x) = (1 + tanh(x / 2)) / 2 with
-    the approximate tanh (max rel. error ~2^-11, below bf16/fp16 resolution). Otherwise (the
-    interpreter, fp32) 1 / (1 + 2^(log2 T - s2)): an exp2 and a reciprocal.
-    """
-    if FAST:
-        h = LN2_HALF * qk_scale  # x / 2 = qk * h - ln(T) / 2
-        c = LN2_HALF * log2_tk
-        t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=r,r", [qk * h - c], dtype=tl.float32, is_pure=True, pack=1
-        )
-        return 0.5 * t + 0.5
-    return 1.0 / (1.0 + tl.math.exp2(log2_tk - qk * qk_scale))
-
-
-@triton.jit
 def block_rows(block, off_hz, H, T, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """The rows [lo, lo + BLOCK) of block `block` of (batch, head) off_hz.
 
@@ -291,9 +270,3 @@ def load_scale(Scale, off_b, off_h, strides, lo, offs_r, offs_d, ok, SCALE: tl.c
 def load_if(ptrs, mask, MASKED: tl.constexpr):
     """A tile that is masked (masked-off elements read as 0) only when MASKED."""
     return tl.load(ptrs, mask=mask, other=0.0) if MASKED else tl.load(ptrs)
-
-
-@triton.jit
-def clip01(x):
-    """The clipped softmax's clamp to [0, 1]."""
-    return tl.minimum(tl.maximum(x, 0.0), 1.0)

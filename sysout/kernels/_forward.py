@@ -15,19 +15,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import _common
+from . import _common, _modes
 from ._common import (
     EXTRA_CONTEXT,
     EXTRA_KV,
     EXTRA_NONE,
     LOG2E,
-    MODE_CLIP,
-    MODE_SIGMOID,
-    MODE_SOFTMAX,
     SCALE_NONE,
     autotune,
     fwd_configs,
 )
+from ._modes import MODE_SOFTMAX
 
 
 @triton.jit
@@ -50,9 +48,10 @@ def _fwd_inner(
     DOT_PREC: tl.constexpr,
 ):
     """Accumulate keys [start, end) into (acc, l_i, m_i). MASKED: the diagonal block (causal mask;
-    loads stop at T). rows = (q, lse, offs_m) of this program; kv = (K, V of this (b, h),
-    stride_kt, stride_vt); coefs = (qk_scale, log2_tk, clip_a, clip_g)."""
-    q, lse, offs_m = rows
+    loads stop at T). rows = (q, row, offs_m) of this program, row the mode's ``row_stat``;
+    kv = (K, V of this (b, h), stride_kt, stride_vt); coefs = (qk_scale, log2_tk, clip_a,
+    clip_g)."""
+    q, row, offs_m = rows
     K_head, V_head, stride_kt, stride_vt = kv
     qk_scale, log2_tk, clip_a, clip_g = coefs
     offs_n = tl.arange(0, BLOCK_N)
@@ -89,11 +88,9 @@ def _fwd_inner(
                 acc = acc * alpha[:, None]
             m_i = m_new
         else:
-            if MODE == MODE_SIGMOID:
-                p = _common.sigmoid_weights(qk, qk_scale, log2_tk, FAST_SIGMOID)
-            else:
-                # Clipped softmax, second pass: normalised p from the stored LSE, then clamp.
-                p = _common.clip01(clip_a * tl.math.exp2(qk * qk_scale - lse[:, None]) + clip_g)
+            # A pointwise mode, or the clipped softmax's second pass (P from the stored LSE).
+            p = _modes.probs(qk, row[:, None], qk_scale, log2_tk, MODE, FAST_SIGMOID)
+            p = _modes.weights(p, clip_a, clip_g, MODE)
             if MASKED:
                 p = tl.where(valid, p, 0.0)
 
@@ -175,10 +172,10 @@ def attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    lse = tl.zeros([BLOCK_M], dtype=tl.float32)
+    row = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    if MODE == MODE_CLIP:
-        lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=0.0)
+    if MODE != MODE_SOFTMAX:  # (the online softmax makes its own LSE)
+        row = _modes.row_stat(LSE + row0, offs_m, row_ok, MODE)
     if EXTRA != EXTRA_NONE:
         ek = tl.load(EK + off_h * HEAD_DIM + offs_d).to(tl.float32)
         ev = tl.load(EV + off_h * HEAD_DIM + offs_d).to(tl.float32)
@@ -201,7 +198,7 @@ def attn_fwd_kernel(
 
     kv = (K_base, V_base, stride_kt, stride_vt)
     coefs = (qk_scale, log2_tk, clip_a, clip_g)
-    rows = (q, lse, offs_m)
+    rows = (q, row, offs_m)
     # Keys strictly left of the diagonal block: all valid for every row, no mask.
     acc, l_i, m_i = _fwd_inner(
         acc,

@@ -13,7 +13,7 @@ import torch
 import triton
 from torch import Tensor
 
-from . import _common
+from . import _common, _modes
 from ._backward import attn_bwd_kernel, attn_bwd_preprocess_kernel
 from ._forward import attn_fwd_kernel
 from ._passes import attn_clip_delta_kernel, attn_key_mass_kernel
@@ -23,7 +23,7 @@ def _ints(*switches) -> tuple[int, ...]:  # the kernels' tl.constexpr switches, 
     return tuple(s.value for s in switches)
 
 
-_SOFTMAX, _SIGMOID, _CLIP = _ints(_common.MODE_SOFTMAX, _common.MODE_SIGMOID, _common.MODE_CLIP)
+_SOFTMAX = _modes.MODES["softmax"].id
 _NO_EXTRA, _KV, _CONTEXT = _ints(_common.EXTRA_NONE, _common.EXTRA_KV, _common.EXTRA_CONTEXT)
 _NO_SCALE, _HEAD, _CHANNEL = _ints(_common.SCALE_NONE, _common.SCALE_HEAD, _common.SCALE_CHANNEL)
 LOG2E = _common.LOG2E.value
@@ -46,6 +46,49 @@ class _Spec:
     @property
     def qk_scale(self) -> float:  # scores in base 2: exp(x) = 2^(x log2 e)
         return self.sm_scale * LOG2E
+
+    @property
+    def normalised(self) -> bool:  # an LSE per row, a Delta in the backward
+        return _modes.traits_of(self.mode).normalised
+
+    @property
+    def lse_first(self) -> bool:  # an LSE-only forward pass first, a Delta pass
+        return _modes.traits_of(self.mode).lse_first
+
+
+# The switches of each launch, shared with _plans.py (what bench/kernel_compile.py compiles).
+def fwd_passes(spec: _Spec) -> list[tuple[int, bool]]:
+    """(MODE, STATS_ONLY) of each forward launch: an LSE-only pass first when the weights need
+    the final LSE (clip: then clamp(a 2^(s2 - LSE) + g) V)."""
+    if spec.lse_first:
+        return [(_SOFTMAX, True), (spec.mode, False)]
+    return [(spec.mode, False)]
+
+
+def fwd_switches(spec: _Spec, stats_only: bool, store_raw: bool) -> dict:
+    return {
+        "HAS_SINK": spec.has_sink,
+        "EXTRA": spec.extra,
+        "SCALE": spec.scale,
+        "STORE_RAW": store_raw,
+        "STATS_ONLY": stats_only,
+        "SCALE_POS": spec.sm_scale > 0,
+    }
+
+
+def runs_preprocess(spec: _Spec) -> bool:
+    """The row-wise preprocess computes Delta (normalised modes) and dO, dS of an out scale."""
+    return spec.normalised or spec.scale != _NO_SCALE
+
+
+def pre_switches(spec: _Spec, saved_raw: bool, scale_grad: bool) -> dict:
+    return {
+        "MODE": spec.mode,
+        "EXTRA": spec.extra,
+        "SCALE": spec.scale,
+        "SAVED_RAW": saved_raw,
+        "SCALE_GRAD": scale_grad,
+    }
 
 
 def _lastdim_contiguous(x: Tensor) -> Tensor:
@@ -126,7 +169,7 @@ def _forward(
     out = _empty_like_layout(q)
     raw = _empty_like_layout(q) if store_raw else None
     f32 = {"dtype": torch.float32, "device": q.device}
-    lse = torch.empty(B, H, T, **f32) if spec.mode != _SIGMOID else None
+    lse = torch.empty(B, H, T, **f32) if spec.normalised else None
     e2 = torch.empty(B, H, T, **f32) if spec.extra != _NO_EXTRA else None
 
     def launch(mode: int, stats_only: bool) -> None:
@@ -142,20 +185,12 @@ def _forward(
             *_strides3(v),
             *_strides3(out),
             *_strides3(scale),
-            HAS_SINK=spec.has_sink,
-            EXTRA=spec.extra,
-            SCALE=spec.scale,
-            STORE_RAW=store_raw,
-            STATS_ONLY=stats_only,
-            SCALE_POS=spec.sm_scale > 0,
+            **fwd_switches(spec, stats_only, store_raw),
             **_score_args(attn_fwd_kernel, q, spec, mode),
         )
 
-    if spec.mode == _CLIP:
-        launch(_SOFTMAX, stats_only=True)  # pass 1: LSE only
-        launch(_CLIP, stats_only=False)  # pass 2: clamp(a 2^(s2 - LSE) + g) V
-    else:
-        launch(spec.mode, stats_only=False)
+    for mode, stats_only in fwd_passes(spec):
+        launch(mode, stats_only)
     return out, raw, lse, e2
 
 
@@ -164,7 +199,7 @@ def _key_mass(q: Tensor, k: Tensor, lse: Tensor | None, spec: _Spec) -> Tensor:
     B, H, T, D = q.shape
     mass = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     scores = _score_args(attn_key_mass_kernel, q, spec, spec.mode)
-    lse = mass if lse is None else lse  # (sigmoid: no LSE, not read)
+    lse = mass if lse is None else lse  # (pointwise modes: no LSE, not read)
     attn_key_mass_kernel[_grid(q, "BLOCK_N")](
         q, k, lse, mass, *_strides3(q), *_strides3(k), **scores
     )
@@ -194,7 +229,7 @@ def _backward(
     dy = _lastdim_contiguous(dy)
     scale_grad = spec.scale != _NO_SCALE and needs[6]
     do = torch.empty(B, H, T, D, dtype=q.dtype, device=dev) if spec.scale != _NO_SCALE else dy
-    delta = torch.empty(B, H, T, **f32) if spec.mode != _SIGMOID else None
+    delta = torch.empty(B, H, T, **f32) if spec.normalised else None
     n_pre = triton.cdiv(T, PRE_BLOCK_M)
     has_extra = spec.extra != _NO_EXTRA
     de = torch.empty(B, H, T, **f32) if has_extra else None
@@ -204,7 +239,7 @@ def _backward(
     # dQ is summed atomically over key blocks in fp32; the preprocess seeds it with de k'.
     dq_acc = (torch.empty if has_extra else torch.zeros)(B, H, T, D, **f32)
 
-    if spec.mode != _SIGMOID or spec.scale != _NO_SCALE:
+    if runs_preprocess(spec):
         attn_bwd_preprocess_kernel[(n_pre * B * H,)](
             dy,
             o_saved,
@@ -224,15 +259,11 @@ def _backward(
             H,
             T,
             HEAD_DIM=D,
-            MODE=spec.mode,
-            EXTRA=spec.extra,
-            SCALE=spec.scale,
-            SAVED_RAW=saved_raw,
-            SCALE_GRAD=scale_grad,
+            **pre_switches(spec, saved_raw, scale_grad),
             BLOCK_M=PRE_BLOCK_M,
         )
     qkv_strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do))
-    if spec.mode == _CLIP:  # Delta_i = sum_j P_ij dP_ij needs its own pass over the keys
+    if spec.lse_first:  # Delta_i = sum_j P_ij dL/dP_ij needs its own pass over the keys
         scores = _score_args(attn_clip_delta_kernel, q, spec, spec.mode)
         attn_clip_delta_kernel[_grid(q, "BLOCK_M")](q, k, v, do, lse, delta, *qkv_strides, **scores)
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import MODE_CLIP, MODE_SIGMOID, autotune, delta_configs, mass_configs
+from . import _common, _modes
+from ._common import autotune, delta_configs, mass_configs
+from ._modes import MODE_CLIP
 
 
 @triton.jit
@@ -46,13 +47,9 @@ def _mass_inner(
         row_ok = offs_m < T
         qT = tl.load(qT_ptrs, mask=row_ok[None, :], other=0.0)
         qkT = tl.dot(k, qT, input_precision=DOT_PREC)
-        if MODE == MODE_SIGMOID:
-            wT = _common.sigmoid_weights(qkT, qk_scale, log2_tk, FAST_SIGMOID)
-        else:
-            lse = tl.load(LSE_row + offs_m, mask=row_ok, other=0.0)
-            wT = tl.math.exp2(qkT * qk_scale - lse[None, :])
-            if MODE == MODE_CLIP:
-                wT = _common.clip01(clip_a * wT + clip_g)
+        row = _modes.row_stat(LSE_row, offs_m, row_ok, MODE)[None, :]
+        pT = _modes.probs(qkT, row, qk_scale, log2_tk, MODE, FAST_SIGMOID)
+        wT = _modes.weights(pT, clip_a, clip_g, MODE)
         valid = row_ok[None, :]  # padded queries have q = 0, not weight 0
         if CAUSAL:
             valid = valid & (offs_m[None, :] >= offs_n[:, None])
@@ -141,8 +138,7 @@ def _delta_inner(
         if MASKED:
             p = tl.where(cols[None, :] <= offs_m[:, None], p, 0.0)
         dp = tl.dot(do, vT, input_precision=DOT_PREC)
-        x = clip_a * p + clip_g
-        dsum += tl.sum(p * tl.where((x >= 0.0) & (x <= 1.0), dp * clip_a, 0.0), 1)
+        dsum += tl.sum(p * _modes.probs_grad(dp, p, clip_a, clip_g, MODE_CLIP), 1)
         kT_ptrs += BLOCK_N * stride_kt
         vT_ptrs += BLOCK_N * stride_vt
     return dsum

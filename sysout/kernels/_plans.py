@@ -1,86 +1,107 @@
-"""Every specialisation the launchers compile, for reading compile facts without a GPU.
+"""Every specialisation the launchers compile for a set of calls, to read compile facts without
+a GPU.
 
-``bench/kernel_compile.py`` compiles each entry for sm_90: one per (kernel, variant switches,
-autotune config kept for bf16 at the head dim). Keep this list in step with the launchers in
-``flash_attention.py``.
+``bench/kernel_compile.py`` passes one :class:`~sysout.kernels._launch._Spec` per registered
+fused variant (built by ``kernel_spec`` from the variant's own ``kernel_arguments``: this
+package does not import the registry) and compiles each distinct (kernel, switches) for sm_90 in
+every autotune config kept for bf16 at the head dim. The switches come from the launchers' own
+helpers (``fwd_passes``, ``fwd_switches``, ``runs_preprocess``, ``pre_switches``), as a training
+step on a GPU would set them: bf16 inputs (the fast sigmoid, tf32 dots) and an output scale
+that needs its gradient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 from ._backward import attn_bwd_kernel, attn_bwd_preprocess_kernel
 from ._common import PRE_BLOCK_M, _prune, bwd_configs, delta_configs, fwd_configs, mass_configs
 from ._forward import attn_fwd_kernel
+from ._launch import (
+    _CONTEXT,
+    _HEAD,
+    _KV,
+    _NO_SCALE,
+    _Spec,
+    fwd_passes,
+    fwd_switches,
+    pre_switches,
+    runs_preprocess,
+)
+from ._modes import BY_ID
 from ._passes import attn_clip_delta_kernel, attn_key_mass_kernel
 
 SCALARS_FP32 = ("qk_scale", "sm_scale", "log2_tk", "clip_a", "clip_g")
 _FP32_PTRS = {
     "LSE", "E", "Sink", "EK", "EV", "Delta", "DE", "DQ", "PartEK", "PartEV", "DScale", "Mass"
 }  # fmt: skip
-
-# The forward's switches per variant (value_bias is softmax plus a PyTorch epilogue).
-_FWD = {
-    "softmax": {},
-    "sink": {"HAS_SINK": True},
-    "kv_bias": {"EXTRA": 1},
-    "context_bias": {"EXTRA": 2},
-    "ca_scaling": {"SCALE": 1, "STORE_RAW": True},
-    "gated": {"SCALE": 2, "STORE_RAW": True},
-    "sigmoid": {"MODE": 1},
-    "clip_stats": {"STATS_ONLY": True},
-    "clip": {"MODE": 2},
-}
-_FWD_DEFAULT = {"MODE": 0, "HAS_SINK": False, "EXTRA": 0, "SCALE": 0, "STORE_RAW": False,
-                "STATS_ONLY": False, "SCALE_POS": True, "FAST_SIGMOID": True}  # fmt: skip
-_PRE = {
-    "softmax": {},
-    "kv_bias": {"EXTRA": 1},
-    "context_bias": {"EXTRA": 2},
-    "ca_scaling": {"SCALE": 1, "SAVED_RAW": True, "SCALE_GRAD": True},
-    "gated": {"SCALE": 2, "SAVED_RAW": True, "SCALE_GRAD": True},
-    "clip": {"MODE": 2},
-}
-_PRE_DEFAULT = {"MODE": 0, "EXTRA": 0, "SCALE": 0, "SAVED_RAW": False, "SCALE_GRAD": False}
-_BWD = {"softmax": {"MODE": 0}, "sigmoid": {"MODE": 1}, "clip": {"MODE": 2}}
+_KERNELS = ("fwd", "bwd_pre", "bwd", "key_mass", "clip_delta")  # the order of the results
+_PRE_CONFIG = SimpleNamespace(kwargs={"BLOCK_M": PRE_BLOCK_M}, num_warps=4, num_stages=3)
 
 
-def _kept(configs, head_dim: int, mode: int):
-    bf16 = SimpleNamespace(dtype="torch.bfloat16")
-    return _prune(configs, {"Q": bf16, "HEAD_DIM": head_dim, "MODE": mode})
+def launches(spec: _Spec) -> Iterator[tuple[str, object, dict, object]]:
+    """(kernel name, JIT function, switches, configs) of each launch of a training step (forward,
+    backward) and of the key mass for this call."""
+    store_raw = spec.scale != _NO_SCALE  # a learned scale needs its gradient
+    scores = {"FAST_SIGMOID": True}  # bf16 on CUDA
+    for mode, stats_only in fwd_passes(spec):
+        switches = {**fwd_switches(spec, stats_only, store_raw), "MODE": mode, **scores}
+        yield "fwd", attn_fwd_kernel.fn, switches, fwd_configs
+    if runs_preprocess(spec):
+        switches = pre_switches(spec, store_raw, store_raw)
+        yield "bwd_pre", attn_bwd_preprocess_kernel, switches, [_PRE_CONFIG]
+    yield "bwd", attn_bwd_kernel.fn, {"MODE": spec.mode, **scores}, bwd_configs
+    yield "key_mass", attn_key_mass_kernel.fn, {"MODE": spec.mode, **scores}, mass_configs
+    if spec.lse_first:
+        yield "clip_delta", attn_clip_delta_kernel.fn, {}, delta_configs
 
 
-def _entries(kernel, fn, switches, default, configs, head_dim, prec=True):
-    for variant, sw in switches.items():
-        mode = {**default, **sw}.get("MODE", 0)
-        for cfg in configs if isinstance(configs, list) else _kept(configs(), head_dim, mode):
-            consts = {**default, **sw, "HEAD_DIM": head_dim, **cfg.kwargs}
-            if prec:
-                consts["DOT_PREC"] = "tf32"
+def label(spec: _Spec, switches: dict) -> str:
+    """A specialisation's name from what it computes: the mode, then the switches it has."""
+    name = BY_ID[spec.mode]
+    if switches.get("HAS_SINK"):
+        name += "+sink"
+    name += {_KV: "+kv", _CONTEXT: "+context"}.get(switches.get("EXTRA"), "")
+    if switches.get("SCALE", _NO_SCALE) != _NO_SCALE:
+        name += "+scale_head" if switches["SCALE"] == _HEAD else "+scale_channel"
+    return name + (":stats" if switches.get("STATS_ONLY") else "")
+
+
+def sysout_cases(head_dim: int, specs: dict[str, _Spec]) -> list[dict]:
+    """Keyword arguments of ``bench/kernel_compile.Case`` for every distinct specialisation the
+    calls in ``specs`` (named by the variants that make them) compile at head_dim."""
+    found: dict[tuple, dict] = {}
+    for variant, spec in specs.items():
+        for kernel, fn, switches, configs in launches(spec):
+            consts = {**switches, "HEAD_DIM": head_dim, "DOT_PREC": "tf32"}
             consts = {k: v for k, v in consts.items() if k in fn.arg_names}
-            yield {
-                "family": "sysout",
-                "kernel": kernel,
-                "variant": variant,
-                "fn": fn,
-                "constexprs": consts,
-                "num_warps": cfg.num_warps,
-                "num_stages": cfg.num_stages,
-                "head_dim": head_dim,
-                "fp32_ptrs": _FP32_PTRS,
-            }
-
-
-def sysout_cases(head_dim: int) -> list[dict]:
-    """Keyword arguments of ``bench/kernel_compile.Case`` for every specialisation at head_dim."""
-    pre = [SimpleNamespace(kwargs={"BLOCK_M": PRE_BLOCK_M}, num_warps=4, num_stages=3)]
-    bwd_sw = {k: {**v, "FAST_SIGMOID": True} for k, v in _BWD.items()}
+            key = (kernel, tuple(sorted(consts.items())))
+            if key in found:
+                found[key]["variants"].append(variant)
+                continue
+            mode = switches.get("MODE", spec.mode)
+            bf16 = SimpleNamespace(dtype="torch.bfloat16")
+            kept = configs if isinstance(configs, list) else _prune(
+                configs(), {"Q": bf16, "HEAD_DIM": head_dim, "MODE": mode}
+            )  # fmt: skip
+            found[key] = {"kernel": kernel, "name": label(spec, switches), "fn": fn,
+                          "consts": consts, "configs": kept, "variants": [variant]}  # fmt: skip
     out = []
-    out += _entries("fwd", attn_fwd_kernel.fn, _FWD, _FWD_DEFAULT, fwd_configs, head_dim)
-    out += _entries("bwd_pre", attn_bwd_preprocess_kernel, _PRE, _PRE_DEFAULT, pre, head_dim,
-                    prec=False)  # fmt: skip
-    out += _entries("bwd", attn_bwd_kernel.fn, bwd_sw, {}, bwd_configs, head_dim)
-    out += _entries("key_mass", attn_key_mass_kernel.fn, bwd_sw, {}, mass_configs, head_dim)
-    clip = {"clip": {"MODE": 2}}  # (the delta kernel has no MODE: it is the clip's own pass)
-    out += _entries("clip_delta", attn_clip_delta_kernel.fn, clip, {}, delta_configs, head_dim)
+    for entry in sorted(found.values(), key=lambda e: _KERNELS.index(e["kernel"])):
+        for cfg in entry["configs"]:
+            out.append(
+                {
+                    "family": "sysout",
+                    "kernel": entry["kernel"],
+                    "variant": entry["name"],
+                    "variants": tuple(entry["variants"]),
+                    "fn": entry["fn"],
+                    "constexprs": {**entry["consts"], **cfg.kwargs},
+                    "num_warps": cfg.num_warps,
+                    "num_stages": cfg.num_stages,
+                    "head_dim": head_dim,
+                    "fp32_ptrs": _FP32_PTRS,
+                }
+            )
     return out

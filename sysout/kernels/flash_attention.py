@@ -13,7 +13,8 @@ causal mask (query i sees keys 0..i):
       sigmoid(e - LSE_real) = softmax([e, s])[0]; added in the epilogue from the final LSE.
     - ``out_scale`` S: Y = S * O in the epilogue, per token and head ([B, H, T]) or per channel
       ([B, H, T, d]).
-* ``mode="sigmoid"``: o = sigmoid(s - log T) v, no running max or sum and no LSE (one pass).
+* a pointwise ``mode`` (``"sigmoid"``: o = sigmoid(s - log T) v; every mode's formula is in
+  ``_modes.py``): W_ij = f(s_ij), no running max or sum and no LSE (one pass).
 * ``clip=(zeta, gamma)``: o = clamp((zeta - gamma) softmax(s) + gamma, 0, 1) v.
 
 Which variants take a second pass, and why:
@@ -32,13 +33,13 @@ Which variants take a second pass, and why:
   about half the FLOPs of a forward. Nothing T x T is ever stored.
 
 Everything else (softmax, sink, softmax1, kv and context slots, headwise and per-channel output
-scales, sigmoid) is a single forward pass. The backward is FlashAttention-2's: a row-wise
+scales, pointwise modes) is a single forward pass. The backward is FlashAttention-2's: a row-wise
 preprocess (dO = S dY, Delta, dS, extra-slot logit gradients), then one kernel per key block
 that gives dK, dV and, added atomically, dQ (five matmuls per tile); see ``_backward.py`` for
 the formulas and ``_launch.py`` for the launches.
 
 Supported combinations: softmax with any of {sink, kv slot, context slot, out_scale, clip}
-except context + sink and clip + extra slot; sigmoid with out_scale only.
+except context + sink and clip + extra slot; pointwise modes with out_scale only.
 
 Autograd: the forward and backward launchers are registered as the custom ops
 ``sysout::fused_attention_fwd`` / ``sysout::fused_attention_bwd`` (``torch.library``) with the
@@ -57,18 +58,16 @@ import math
 import torch
 from torch import Tensor
 
+from . import _modes
 from ._common import LN2
 from ._env import SUPPORTED_HEAD_DIMS, kernel_supported
 from ._launch import (
     _CHANNEL,
-    _CLIP,
     _CONTEXT,
     _HEAD,
     _KV,
     _NO_EXTRA,
     _NO_SCALE,
-    _SIGMOID,
-    _SOFTMAX,
     _backward,
     _empty_like_layout,
     _forward,
@@ -77,7 +76,7 @@ from ._launch import (
     _Spec,
 )
 
-__all__ = ["fused_attention", "kernel_supported", "SUPPORTED_HEAD_DIMS"]
+__all__ = ["fused_attention", "kernel_spec", "kernel_supported", "SUPPORTED_HEAD_DIMS"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -132,7 +131,7 @@ def _fwd_fake(q, k, v, sink, ek, ev, scale, *spec_and_store):
     return (
         _empty_like_layout(q),
         _empty_like_layout(q) if store_raw else q.new_empty(0),
-        f32(B, H, T) if spec.mode != _SIGMOID else f32(0),
+        f32(B, H, T) if spec.normalised else f32(0),
         f32(B, H, T) if spec.extra != _NO_EXTRA else f32(0),
         f32(B, H, T) if spec.return_mass else f32(0),
     )
@@ -222,7 +221,8 @@ def fused_attention(
     """Causal fused attention over q, k, v of shape [B, H, T, d] (see the module docstring).
 
     Args:
-        mode: ``"softmax"`` or ``"sigmoid"`` (p = sigmoid(s - log T), no normalisation).
+        mode: ``"softmax"`` or a pointwise mode of ``_modes.MODES`` (``"sigmoid"``:
+            p = sigmoid(s - log T), no normalisation); pointwise modes take only out_scale.
         sink_logit: [H] logit z_h of a value-less sink slot in the softmax denominator.
         extra_key, extra_value: [H, d] k', v' of an extra slot every query sees.
         extra_slot: ``"kv"`` (one more softmax column) or ``"context"`` (softmax over the real
@@ -232,7 +232,7 @@ def fused_attention(
             masked (future) entries stay 0.
         sm_scale: score scale, default 1/sqrt(d).
         return_lse: also return the natural-log LSE per query [B, H, T] (fp32) including the
-            sink / extra slot (None for sigmoid). Not differentiable.
+            sink / extra slot (None for pointwise modes). Not differentiable.
         return_key_mass: also return sum_i W_ij per key [B, H, T] (fp32), W the weights applied
             to the real values (before out_scale). Not differentiable.
 
@@ -245,54 +245,26 @@ def fused_attention(
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
         got = (q.dtype, k.dtype, v.dtype)
         raise ValueError(f"q, k, v must share a dtype in {_DTYPES}; got {got}")
-    B, H, T, D = q.shape
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"head dim {D} not supported (use one of {SUPPORTED_HEAD_DIMS})")
-    if mode not in ("softmax", "sigmoid"):
-        raise ValueError(f"mode must be 'softmax' or 'sigmoid', got {mode!r}")
-    if extra_slot not in ("kv", "context"):
-        raise ValueError(f"extra_slot must be 'kv' or 'context', got {extra_slot!r}")
-    if (extra_key is None) != (extra_value is None):
-        raise ValueError("extra_key and extra_value go together")
-    has_extra = extra_key is not None
-    if mode == "sigmoid" and (sink_logit is not None or has_extra or clip is not None):
-        raise ValueError("sigmoid attention takes no sink, extra slot or clip (only out_scale)")
-    if clip is not None and has_extra:
-        raise NotImplementedError("clipped softmax with an extra key/value slot")
-    if sink_logit is not None and has_extra and extra_slot == "context":
-        raise NotImplementedError("context extra slot with a sink logit")
-    if sink_logit is not None and sink_logit.shape != (H,):
-        raise ValueError(f"sink_logit must be [H] = [{H}], got {tuple(sink_logit.shape)}")
-    if has_extra and (extra_key.shape != (H, D) or extra_value.shape != (H, D)):
-        raise ValueError(f"extra_key/extra_value must be [H, d] = [{H}, {D}]")
-    scale_kind = _NO_SCALE
-    if out_scale is not None:
-        if out_scale.shape == (B, H, T):
-            scale_kind = _HEAD
-        elif out_scale.shape == (B, H, T, D):
-            scale_kind = _CHANNEL
-            out_scale = _lastdim_contiguous(out_scale)
-        else:
-            raise ValueError(f"out_scale must be [B, H, T] or [B, H, T, d], got {out_scale.shape}")
-
+    spec = kernel_spec(
+        tuple(q.shape),
+        mode=mode,
+        sink_logit=sink_logit,
+        extra_key=extra_key,
+        extra_value=extra_value,
+        extra_slot=extra_slot,
+        out_scale=out_scale,
+        clip=clip,
+        sm_scale=sm_scale,
+        return_key_mass=return_key_mass,
+    )
+    if spec.scale == _CHANNEL:
+        out_scale = _lastdim_contiguous(out_scale)
     if not kernel_supported(q):
         raise RuntimeError(
             "fused_attention needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before "
             "triton is first imported; use kernel_supported(q) to choose a fallback"
         )
 
-    mode_id = _SIGMOID if mode == "sigmoid" else _CLIP if clip is not None else _SOFTMAX
-    zeta, gamma = clip if clip is not None else (1.0, 0.0)
-    spec = _Spec(
-        mode=mode_id,
-        extra=(_KV if extra_slot == "kv" else _CONTEXT) if has_extra else _NO_EXTRA,
-        scale=scale_kind,
-        has_sink=sink_logit is not None,
-        sm_scale=float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(D),
-        clip_a=float(zeta - gamma),
-        clip_g=float(gamma),
-        return_mass=return_key_mass,
-    )
     contig = lambda x: x.contiguous() if x is not None else None  # [H] / [H, d]: tiny
     # dScale needs the unscaled output O; otherwise Y alone is enough (Delta = rowsum(dY * Y)).
     store_raw = out_scale is not None and out_scale.requires_grad and torch.is_grad_enabled()
@@ -316,7 +288,7 @@ def fused_attention(
     )
     # LSE and key mass are statistics: detached, so that nobody backpropagates into them.
     lse = None
-    if return_lse and mode_id != _SIGMOID:
+    if return_lse and spec.normalised:
         # base 2 -> natural log; the context slot reports the LSE over [e, s], like the kv slot
         lse = torch.logaddexp2(lse2, e2) if spec.extra == _CONTEXT else lse2
         lse = (lse * LN2).detach()
@@ -328,3 +300,62 @@ def fused_attention(
     if return_key_mass:
         result.append(mass.detach())
     return tuple(result)
+
+
+def kernel_spec(
+    shape: tuple[int, int, int, int],
+    *,
+    mode: str = "softmax",
+    sink_logit: Tensor | None = None,
+    extra_key: Tensor | None = None,
+    extra_value: Tensor | None = None,
+    extra_slot: str = "kv",
+    out_scale: Tensor | None = None,
+    clip: tuple[float, float] | None = None,
+    sm_scale: float | None = None,
+    return_key_mass: bool = False,
+) -> _Spec:
+    """The kernels' switches and scalars for ``fused_attention``'s arguments on q, k, v of this
+    [B, H, T, d] shape; unsupported combinations fail here (also what the compile plan of
+    ``bench/kernel_compile.py`` reads, from each registered variant's ``kernel_arguments``)."""
+    B, H, T, D = shape
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim {D} not supported (use one of {SUPPORTED_HEAD_DIMS})")
+    if mode not in _modes.CALLER_MODES:
+        raise ValueError(f"mode must be one of {_modes.CALLER_MODES}, got {mode!r}")
+    if extra_slot not in ("kv", "context"):
+        raise ValueError(f"extra_slot must be 'kv' or 'context', got {extra_slot!r}")
+    if (extra_key is None) != (extra_value is None):
+        raise ValueError("extra_key and extra_value go together")
+    has_extra = extra_key is not None
+    if not _modes.MODES[mode].normalised and (
+        sink_logit is not None or has_extra or clip is not None
+    ):
+        raise ValueError(f"{mode} attention takes no sink, extra slot or clip (only out_scale)")
+    if clip is not None and has_extra:
+        raise NotImplementedError("clipped softmax with an extra key/value slot")
+    if sink_logit is not None and has_extra and extra_slot == "context":
+        raise NotImplementedError("context extra slot with a sink logit")
+    if sink_logit is not None and sink_logit.shape != (H,):
+        raise ValueError(f"sink_logit must be [H] = [{H}], got {tuple(sink_logit.shape)}")
+    if has_extra and (extra_key.shape != (H, D) or extra_value.shape != (H, D)):
+        raise ValueError(f"extra_key/extra_value must be [H, d] = [{H}, {D}]")
+    scale_kind = _NO_SCALE
+    if out_scale is not None:
+        if out_scale.shape == (B, H, T):
+            scale_kind = _HEAD
+        elif out_scale.shape == (B, H, T, D):
+            scale_kind = _CHANNEL
+        else:
+            raise ValueError(f"out_scale must be [B, H, T] or [B, H, T, d], got {out_scale.shape}")
+    zeta, gamma = clip if clip is not None else (1.0, 0.0)
+    return _Spec(
+        mode=_modes.MODES["clip" if clip is not None else mode].id,
+        extra=(_KV if extra_slot == "kv" else _CONTEXT) if has_extra else _NO_EXTRA,
+        scale=scale_kind,
+        has_sink=sink_logit is not None,
+        sm_scale=float(sm_scale) if sm_scale is not None else 1.0 / math.sqrt(D),
+        clip_a=float(zeta - gamma),
+        clip_g=float(gamma),
+        return_mass=return_key_mass,
+    )

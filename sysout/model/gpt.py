@@ -111,7 +111,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         options = dict(config.attention_options)
-        if getattr(get_variant_class(config.attention), "uses_block_size", False):
+        if get_variant_class(config.attention).traits.uses_block_size:
             # A formula fixed at the training length (clipped softmax's gamma = -alpha / T).
             options.setdefault("block_size", config.block_size)
         self.variant: AttentionVariant = build_variant(
