@@ -7,7 +7,7 @@ EXPERIMENT ?= quickstart
 # The paper's six formulations, (a)-(f) of SPEC section 3.
 PAPER_VARIANTS ?= softmax,value_bias,context_bias,kv_bias,ca_scaling,sigmoid
 
-.PHONY: install train sweep lab test test-fast test-lab lint format clean gpu-check
+.PHONY: install train sweep lab massive-lab test test-fast test-lab lint format clean gpu-check
 
 # torch first, pinned to the CPU build this machine carries: a bare `torch` requirement would
 # pull several GB of CUDA wheels. An existing torch (any build) is kept.
@@ -21,13 +21,20 @@ train: install
 sweep: install
 	$(PYTHON) train.py -m experiment=$(EXPERIMENT) attention=$(PAPER_VARIANTS) $(ARGS)
 
-# The CPU laboratory (docs/lab.md): ten variants x two seeds on Bigram-Backcopy with BOS, a
-# subset without BOS, the longer runs; one thread per run, two at a time; then the report.
-LAB_OUT ?= outputs/lab/sink_lab
-LAB_ARGS ?= --nobos-variants softmax,sigmoid,kv_bias,sink_logit
+# The CPU laboratory (docs/lab.md), on Guo et al.'s Bigram-Backcopy task. Each run is train.py
+# on one thread, two at a time; each finished run's files land in docs/results/<lab>/runs/ (an
+# interrupted sweep resumes), then the report is written from those files alone.
+# massive-lab: the residual-state peak, its controls and factors, no BOS; five seeds each.
+MASSIVE_ARGS ?= --seeds 1,2,3,4,5
+massive-lab: install
+	$(PYTHON) -m sysout.lab.sweep --experiment massive_lab --jobs 2 $(MASSIVE_ARGS)
+	$(PYTHON) -m sysout.lab.report docs/results/massive-lab
+
+# lab: attention sinks in 600 steps, every variant (sysout's GPT-2 parametrisation).
+LAB_ARGS ?= --seeds 1,2,3,4,5 --plans main
 lab: install
-	$(PYTHON) -m sysout.lab.sweep --out $(LAB_OUT) --jobs 2 $(LAB_ARGS)
-	$(PYTHON) -m sysout.lab.report $(LAB_OUT) --md docs/results/sink-lab.md
+	$(PYTHON) -m sysout.lab.sweep --experiment sink_lab --jobs 2 $(LAB_ARGS)
+	$(PYTHON) -m sysout.lab.report docs/results/sink-lab
 
 test: install
 	$(PYTHON) -m pytest -v --durations=15 $(ARGS)

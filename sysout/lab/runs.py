@@ -1,23 +1,26 @@
-"""Read the lab's runs: run record, validation losses from the CSV log, and the sink statistics
-over training (from the probe's CSV columns, or measured on the step checkpoints)."""
+"""Read the lab's committed results: one :class:`LabRunResult` per run, from the files
+:mod:`sysout.lab.collect` wrote (``runs/<plan>/<config>_s<seed>.{json,csv,final.csv}``)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from sysout.outliers import run_probe
+from sysout.outliers.keys import PREFIX, layers_in, read_metric
 
 ROOT = Path(__file__).resolve().parents[2]
-# The probe's key that only the head-statistics probe logs: without it, measure checkpoints.
-GROUP_KEY = "outliers/heads/layer_00/first_token_share_non_trigger"
-VAL_KEYS = ("val/loss", "val/true_loss", "val/loss_gap", "val/loss_trigger", "val/loss_non_trigger")
+
+
+def shown(path: Path) -> str:
+    """A path as the report names it: relative to the repository when inside it."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def default_text_path() -> Path:
@@ -27,16 +30,40 @@ def default_text_path() -> Path:
 
 @dataclass
 class LabRunResult:
-    folder: Path
-    plan: str
-    variant: str
-    seed: int
-    steps: int
-    bos: bool
-    wall_s: float
-    val: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> val metrics
-    stats: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> sink statistics
-    source: str = ""  # "probe" (CSV) or "checkpoints"
+    """One run: its record, its figures per optimizer step, its final per-sequence positions."""
+
+    meta: dict[str, Any]
+    stats: dict[int, dict[str, float]] = field(default_factory=dict)  # probe figures by step
+    val: dict[int, dict[str, float]] = field(default_factory=dict)  # validation by step
+    final: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def plan(self) -> str:
+        return str(self.meta["plan"])
+
+    @property
+    def config(self) -> str:
+        return str(self.meta["config"])
+
+    @property
+    def variant(self) -> str:
+        return str(self.meta["variant"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["seed"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.meta["steps"])
+
+    @property
+    def bos(self) -> bool:
+        return bool(self.meta["bos"])
+
+    @property
+    def wall_s(self) -> float:
+        return float(self.meta["wall_s"])
 
     def final_stats(self) -> dict[str, float]:
         return self.stats[max(self.stats)] if self.stats else {}
@@ -45,105 +72,60 @@ class LabRunResult:
         return self.val[max(self.val)] if self.val else {}
 
     def n_layer(self) -> int:
-        keys = self.final_stats()
-        return len({k.split("/")[2] for k in keys if k.startswith("outliers/attention/layer_")})
+        return layers_in(self.final_stats())
+
+    def metric(self, group: str, stat: str, layer: int | None = None, step: int | None = None):
+        """A probe figure at ``step`` (default: the last probe); strict (MissingMetric)."""
+        stats = self.final_stats() if step is None else self.stats[step]
+        return read_metric(stats, group, stat, layer)
+
+    def series(self, group: str, stat: str, layer: int | None = None) -> tuple[list[int], list]:
+        """(steps, values) of a probe figure over training."""
+        steps = sorted(self.stats)
+        return steps, [read_metric(self.stats[s], group, stat, layer) for s in steps]
+
+    def val_metric(self, key: str) -> float:
+        val = self.final_val()
+        if key not in val:
+            raise KeyError(f"{self.plan}/{self.config}_s{self.seed}: no {key} in its validation")
+        return val[key]
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
+def _read_rows(path: Path) -> list[dict[str, str]]:
     with open(path) as f:
         return list(csv.DictReader(f))
 
 
-def _floats(row: dict[str, str], keys) -> dict[str, float]:
-    return {k: float(row[k]) for k in keys if row.get(k) not in (None, "")}
-
-
-def _step_of(row: dict[str, str]) -> int:
-    # Lightning's CSV "step" is the optimizer step minus one at validation; +1 = steps taken.
-    return int(float(row["step"])) + 1 if row.get("step") else 0
-
-
-def _probe_series(rows: list[dict[str, str]]) -> dict[int, dict[str, float]]:
-    series: dict[int, dict[str, float]] = {}
-    for row in rows:
-        keys = [k for k in row if k.startswith("outliers/") and row[k] not in ("", None)]
-        if any(k.startswith("outliers/attention/") for k in keys):
-            # The probe logs at the optimizer step itself (0 = before training).
-            series.setdefault(int(float(row["step"])), {}).update(_floats(row, keys))
-    return series
-
-
-def load_checkpoint_model(path: Path):
-    """The GPT of a sysout checkpoint (weights-only or full)."""
-    from sysout.model import build_gpt
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    model = build_gpt(hp["model"], hp["attention"])
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()})
-    return model.eval()
-
-
-def measure_checkpoints(folder: Path, bos: bool, windows: int = 8) -> dict[int, dict[str, float]]:
-    """Sink statistics at every step checkpoint of a run (checkpoints/steps/stepNNNNN.ckpt)."""
-    from sysout.data.bigram_backcopy import BigramBackcopyDataModule
-
-    series = {}
-    files = sorted((folder / "checkpoints" / "steps").glob("step*.ckpt"))
-    if not files:
-        return series
-    model = load_checkpoint_model(files[0])
-    data = BigramBackcopyDataModule(
-        str(default_text_path()), model.config.block_size, bos=bool(bos)
-    )
-    inputs = data.probe_inputs(windows)
-    for path in files:
-        step = int(re.sub(r"\D", "", path.stem))
-        model = load_checkpoint_model(path)
-        # The probe itself, so checkpoint figures are those the training runs logged.
-        series[step] = run_probe(
-            model, inputs.windows, query_groups=inputs.query_groups, decode=inputs.decode
-        ).scalars()
-    return series
-
-
-def load_run(folder: Path, windows: int = 8) -> LabRunResult | None:
-    record = folder / "run.json"
-    if not record.is_file():
-        return None
-    info = json.loads(record.read_text())
-    if info.get("returncode") != 0:
-        return None
-    rows = _read_csv(folder / "csv" / "metrics.csv")
-    result = LabRunResult(
-        folder,
-        info["plan"],
-        info["variant"],
-        int(info["seed"]),
-        int(info["steps"]),
-        bool(info["bos"]),
-        float(info["wall_s"]),
-    )
-    for row in rows:
-        if row.get("val/loss"):
-            result.val[_step_of(row)] = _floats(row, VAL_KEYS)
-    if rows and GROUP_KEY in rows[0]:
-        result.stats, result.source = _probe_series(rows), "probe"
-    else:
-        result.stats, result.source = (
-            measure_checkpoints(folder, result.bos, windows),
-            "checkpoints",
-        )
+def load_result(record: Path) -> LabRunResult:
+    """A run from its ``<config>_s<seed>.json`` and the files beside it."""
+    meta = json.loads(record.read_text())
+    result = LabRunResult(meta)
+    stem = record.with_suffix("")
+    for row in _read_rows(stem.with_suffix(".csv")):
+        step = int(row.pop("step"))
+        values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+        probe = {k: v for k, v in values.items() if k.startswith(PREFIX + "/")}
+        val = {k: v for k, v in values.items() if k.startswith("val/")}
+        if probe:
+            result.stats[step] = probe
+        if val:
+            result.val[step] = val
+    final = stem.with_suffix(".final.csv")
+    if final.is_file():
+        result.final = [
+            {k: (v if k == "argmax_class" else float(v)) for k, v in row.items()}
+            for row in _read_rows(final)
+        ]
     return result
 
 
-def load_sweep(out: Path, windows: int = 8) -> list[LabRunResult]:
-    runs = []
-    for record in sorted(out.glob("*/*/run.json")):
-        run = load_run(record.parent, windows)
-        if run is not None:
-            runs.append(run)
-    return runs
+def load_results(folder: Path) -> list[LabRunResult]:
+    """Every run under ``<folder>/runs``, in plan, configuration, seed order."""
+    records = sorted((folder / "runs").glob("*/*.json"))
+    if not records:
+        raise SystemExit(
+            f"no lab results under {folder}/runs: run python -m sysout.lab.sweep first "
+            "(it writes them as runs finish)"
+        )
+    runs = [load_result(r) for r in records]
+    return sorted(runs, key=lambda r: (r.plan, r.config, r.seed))

@@ -1,4 +1,4 @@
-"""The lab report's figures: statistics over training per variant, from the runs."""
+"""The sink lab report's figures: statistics over training per variant, from the runs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sysout.lab.runs import LabRunResult  # noqa: E402
+from sysout.outliers.keys import read_metric  # noqa: E402
 
 
 def sink_layer_value(stats: dict[str, float], n_layer: int, what: str) -> float:
@@ -18,21 +19,16 @@ def sink_layer_value(stats: dict[str, float], n_layer: int, what: str) -> float:
     0), the value ratio at that layer, the largest residual ratio, the largest weight off the
     real tokens (the extra slot / sink logit)."""
     layers = range(n_layer)
-    share = [
-        stats.get(f"outliers/heads/layer_{i:02d}/first_token_share_non_trigger", 0) for i in layers
-    ]
+    share = [read_metric(stats, "heads", "first_token_share_non_trigger", i) for i in layers]
     sink = max(layers, key=lambda i: share[i])
     if what == "sink_share":
         return share[sink]
     if what == "sink_value_ratio":
-        return stats.get(f"outliers/heads/layer_{sink:02d}/first_token_value_ratio", float("nan"))
+        return read_metric(stats, "heads", "first_token_value_ratio", sink)
     if what == "residual_peak":
-        return max(
-            stats.get(f"outliers/activation/layer_{i:02d}/first_token_norm_ratio", 0)
-            for i in layers
-        )
+        return max(read_metric(stats, "activation", "first_token_norm_ratio", i) for i in layers)
     if what == "slot_share":
-        return max(1 - stats.get(f"outliers/attention/layer_{i:02d}/weight_sum", 1) for i in layers)
+        return max(1 - read_metric(stats, "attention", "weight_sum", i) for i in layers)
     raise ValueError(what)
 
 
@@ -64,17 +60,19 @@ def training_curves(runs: list[LabRunResult], path: Path, title: str) -> Path:
     """2 x 2: layer-0 share on position 0 (non-trigger queries), layer-0 value ratio,
     residual peak, validation loss gap; mean over seeds."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    l0 = "outliers/heads/layer_00/first_token_share_non_trigger"
     _panel(
         axes[0, 0],
-        _mean_curves(runs, lambda r, s: r.stats[s].get(l0, float("nan"))),
+        _mean_curves(
+            runs, lambda r, s: read_metric(r.stats[s], "heads", "first_token_share_non_trigger", 0)
+        ),
         "sink share: layer 0, non-trigger queries, weight on position 0",
         "share",
     )
-    v0 = "outliers/heads/layer_00/first_token_value_ratio"
     _panel(
         axes[0, 1],
-        _mean_curves(runs, lambda r, s: r.stats[s].get(v0, float("nan"))),
+        _mean_curves(
+            runs, lambda r, s: read_metric(r.stats[s], "heads", "first_token_value_ratio", 0)
+        ),
         "value drain: layer 0, ||v(pos 0)|| / median ||v||",
         "ratio",
         log=True,
@@ -115,23 +113,11 @@ def longer_curves(runs: list[LabRunResult], path: Path) -> Path:
     for ax, run in zip(axes[0], runs):
         steps = sorted(run.stats)
         for layer in range(run.n_layer()):
-            key = f"outliers/heads/layer_{layer:02d}/first_token_share_non_trigger"
-            ax.plot(
-                steps,
-                [run.stats[s].get(key, float("nan")) for s in steps],
-                "-",
-                marker=".",
-                label=f"L{layer} pos 0",
-            )
-            slot = f"outliers/attention/layer_{layer:02d}/weight_sum"
-            if any(run.stats[s].get(slot, 1) < 0.999 for s in steps):
-                ax.plot(
-                    steps,
-                    [1 - run.stats[s].get(slot, 1) for s in steps],
-                    ":",
-                    marker=".",
-                    label=f"L{layer} slot",
-                )
+            _, share = run.series("heads", "first_token_share_non_trigger", layer)
+            ax.plot(steps, share, "-", marker=".", label=f"L{layer} pos 0")
+            _, weight = run.series("attention", "weight_sum", layer)
+            if any(w < 0.999 for w in weight):
+                ax.plot(steps, [1 - w for w in weight], ":", marker=".", label=f"L{layer} slot")
         ax.set_title(f"{run.variant} (seed {run.seed})", fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.set_ylim(0, 1)

@@ -1,0 +1,206 @@
+"""From a finished lab run to the files committed beside the report.
+
+For each run, under ``<results>/runs/<plan>/``:
+
+- ``<config>_s<seed>.csv``: one row per measured optimizer step: the validation losses and the
+  probe's figures the lab reports (per layer: the residual-state peak and where max |h| sits,
+  Sun et al.'s top-1 / median, the attention shares of every query group, the extra slot's
+  weight, each sample's top key, the value drain), from the run's CSV log;
+- ``<config>_s<seed>.final.csv``: at the last step, per layer and probe sequence, the top key
+  (where that sequence's sink sits) and where max |h| sits: the histograms of the report;
+- ``<config>_s<seed>.json``: the run's record (configuration, overrides, seed, steps, wall time,
+  machine, versions).
+
+The report (``python -m sysout.lab.report <results>``) reads these files alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sysout.outliers.keys import PREFIX, parse_key
+
+VAL_KEYS = ("val/loss", "val/true_loss", "val/loss_gap", "val/loss_trigger", "val/loss_non_trigger")
+# The probe's figures the lab keeps, by group; "*" keeps every head-mean figure of the group.
+KEPT = {
+    "residual": "*",
+    "heads": "*",
+    "activation": ("top1", "median", "ratio", "first_token_norm_ratio"),
+    "attention": (
+        "first_token_share",
+        "weight_sum",
+        "top1_fraction",
+        "top_key_mode",
+        "top_key_mode_share",
+        "top_key_first_token_share",
+        "first_token_value_out_norm",
+        "first_token_value_out_ratio",
+    ),
+    "summary": ("max_top1", "max_top1_ratio", "max_first_token_norm_ratio"),
+}
+FINAL_COLUMNS = (
+    "layer",
+    "sequence",
+    "top_key",
+    "argmax_position",
+    "argmax_dim",
+    "argmax_value",
+    "argmax_class",
+)
+
+
+def kept(key: str) -> bool:
+    """Whether the lab keeps a probe figure (head means, not per-head copies)."""
+    try:
+        group, _, stat = parse_key(key)
+    except ValueError:
+        return False
+    rule = KEPT.get(group)
+    if rule is None or stat.startswith("head_"):
+        return False
+    return rule == "*" or stat in rule
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
+
+
+def read_log(metrics_csv: Path) -> list[dict[str, float]]:
+    """The run's CSV log as rows ``{"step": optimizer step, figure: value}``, one per step.
+
+    Lightning's CSV logger writes validation at ``step = optimizer steps - 1`` and the probe at
+    the optimizer step itself; both are put at the optimizer step here.
+    """
+    if not metrics_csv.is_file():
+        raise FileNotFoundError(f"no CSV log at {metrics_csv}: was the run made with logger=csv?")
+    rows: dict[int, dict[str, float]] = {}
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            if not row.get("step"):
+                continue
+            step = int(float(row["step"]))
+            probe = {k: v for k, v in row.items() if k.startswith(PREFIX + "/") and kept(k)}
+            probe = {k: x for k, v in probe.items() if (x := _number(v)) is not None}
+            val = {k: x for k in VAL_KEYS if (x := _number(row.get(k, ""))) is not None}
+            if probe:
+                rows.setdefault(step, {}).update(probe)
+            if val:
+                rows.setdefault(step + 1, {}).update(val)
+    return [{"step": float(s), **rows[s]} for s in sorted(rows)]
+
+
+def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """Rows as CSV, figures to 6 significant digits (the committed data stays small)."""
+    columns = sorted({k for r in rows for k in r} - {"step"}, key=_column_order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", *columns])
+        for r in rows:
+            cells = [f"{r[c]:.6g}" if c in r else "" for c in columns]
+            writer.writerow([int(r["step"]), *cells])
+
+
+def _column_order(key: str) -> tuple:
+    if key.startswith("val/"):
+        return (0, key)
+    group, layer, stat = parse_key(key)
+    return (1, group, -1 if layer is None else layer, stat)
+
+
+def final_positions(checkpoint: Path, bos: bool, windows: int = 32) -> list[dict[str, Any]]:
+    """Per layer and probe sequence at the checkpoint: its top key and where max |h| sits."""
+    from sysout.data.bigram_backcopy import BigramBackcopyDataModule
+    from sysout.lab.runs import default_text_path
+    from sysout.model.checkpoint import load_gpt_checkpoint
+    from sysout.outliers import run_probe
+
+    model = load_gpt_checkpoint(checkpoint).model
+    data = BigramBackcopyDataModule(str(default_text_path()), model.config.block_size, bos=bos)
+    inputs = data.probe_inputs(windows)
+    report = run_probe(
+        model,
+        inputs.windows,
+        query_groups=inputs.query_groups,
+        decode=inputs.decode,
+        token_class=inputs.token_class,
+        token_class_names=inputs.token_class_names,
+    )
+    rows = []
+    for lay in report.layers:
+        res = lay.residual
+        assert res is not None
+        for b, top in enumerate(lay.attention.top_keys):
+            rows.append(
+                {
+                    "layer": lay.index,
+                    "sequence": b,
+                    "top_key": top,
+                    "argmax_position": res.argmax_positions[b],
+                    "argmax_dim": res.argmax_dims[b],
+                    "argmax_value": f"{res.argmax_values[b]:.6g}",
+                    "argmax_class": res.argmax_classes[b],
+                }
+            )
+    return rows
+
+
+def _run_settings(folder: Path) -> dict[str, Any]:
+    """The composed config's sizes the report needs (tokens per step)."""
+    from omegaconf import OmegaConf
+
+    path = folder / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    cfg = OmegaConf.load(path)
+    return {
+        "block_size": int(cfg.model.block_size),
+        "batch_size": int(cfg.data.batch_size),
+        "lr": float(cfg.optim.lr),
+        "optimizer": str(cfg.optim.get("name", "adamw")),
+        "gradient_clip_val": cfg.trainer.get("gradient_clip_val"),
+        "probe_windows": _probe_windows(cfg),
+    }
+
+
+def _probe_windows(cfg: Any) -> int | None:
+    """The windows the run's probe used: the callback's setting, else the probe group's, else
+    the probe's default."""
+    from sysout.outliers.options import ProbeOptions
+
+    outliers = (cfg.get("callbacks") or {}).get("outliers")
+    if outliers is None:
+        return None
+    value = outliers.get("probe_windows")
+    return int(value) if value is not None else ProbeOptions().windows
+
+
+def collect_run(folder: Path, record: dict[str, Any], results: Path) -> Path:
+    """Write a finished run's committed files under ``results``; returns the per-step CSV."""
+    stem = results / "runs" / record["plan"] / f"{record['config']}_s{record['seed']}"
+    rows = read_log(folder / "csv" / "metrics.csv")
+    if not rows:
+        raise ValueError(f"{folder}: the CSV log has no probe or validation rows")
+    write_rows(stem.with_suffix(".csv"), rows)
+    last = folder / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        final = final_positions(last, bool(record["bos"]))
+        with open(stem.with_suffix(".final.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FINAL_COLUMNS)
+            writer.writeheader()
+            writer.writerows(final)
+    meta = {
+        **record,
+        **_run_settings(folder),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    return stem.with_suffix(".csv")

@@ -1,0 +1,149 @@
+"""The lab's pipeline without training: plans from the registry's traits, a finished run's
+CSV log collected into the committed files, and the reports regenerated from those files alone
+(with every figure a known function of the planted values)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sysout.attention import variant_names
+from sysout.lab.collect import collect_run, kept, read_log
+from sysout.lab.plans import lab_plan, parking_variants
+from sysout.lab.report import write_report
+from sysout.lab.runs import load_results
+from sysout.outliers.keys import MissingMetric, metric_key
+
+VAL = {"val/loss": 1.8, "val/true_loss": 1.7, "val/loss_gap": 0.1}
+VAL |= {"val/loss_trigger": 0.02, "val/loss_non_trigger": 2.0}
+
+
+def test_massive_lab_plan_comes_from_the_registry():
+    runs = lab_plan("massive_lab", ["controls", "factors", "nobos"], [1, 2, 3, 4, 5])
+    names = {r.config.name for r in runs}
+    assert {"softmax", "sgd", "relu_attention", "clip", "gelu", "tied", "gpt2_init"} <= names
+    nobos = {r.config.variant for r in runs if r.plan == "nobos"}
+    assert nobos == {"softmax", "sigmoid", "relu", *parking_variants()}
+    assert set(parking_variants()) == {"kv_bias", "sink_logit", "softmax1"}
+    assert len(runs) == 5 * len({(r.plan, r.config.name) for r in runs})
+    sgd = next(r for r in runs if r.config.name == "sgd" and r.seed == 3)
+    overrides = sgd.overrides(Path("/o"))
+    assert overrides[0] == "experiment=massive_lab" and "optim=sgd" in overrides
+    assert "seed=3" in overrides and "trainer.max_steps=5000" in overrides
+    assert {o for r in runs if r.plan == "nobos" for o in r.overrides(Path("/o"))} >= {
+        "data.bos=false"
+    }
+    sink = lab_plan("sink_lab", ["main", "longer"], [1, 2])
+    assert len([r for r in sink if r.plan == "main"]) == 2 * len(variant_names())
+    with pytest.raises(ValueError, match="no plan"):
+        lab_plan("massive_lab", ["main"], [1])
+
+
+@pytest.fixture(scope="module")
+def probe_scalars(shared_dir) -> dict[str, float]:
+    """The figures the probe really logs for a Bigram-Backcopy model (the key set the lab
+    keeps), from a tiny random model."""
+    from sysout.data import BigramBackcopyDataModule
+    from sysout.model import build_gpt
+    from sysout.outliers import run_probe
+
+    torch.manual_seed(0)
+    model = build_gpt(
+        {"n_layer": 3, "n_head": 1, "n_embd": 16, "block_size": 32, "vocab_size": 66},
+        {"name": "softmax"},
+    )
+    dm = BigramBackcopyDataModule(str(shared_dir / "data/tinyshakespeare/input.txt"), 32)
+    inputs = dm.probe_inputs(4)
+    report = run_probe(
+        model,
+        inputs.windows,
+        query_groups=inputs.query_groups,
+        token_class=inputs.token_class,
+        token_class_names=inputs.token_class_names,
+    )
+    return {k: v for k, v in report.scalars().items() if kept(k)}
+
+
+def fake_run(out: Path, scalars: dict, plan: str, config: str, variant: str, seed: int,
+             growth: float, bos: bool = True) -> tuple[Path, dict]:  # fmt: skip
+    """A finished run folder as train.py leaves it: the BOS norm after layer 1 grows linearly
+    to ``growth`` x its step-0 value of 10; the other token's median stays 5."""
+    folder = out / plan / f"{config}_s{seed}"
+    (folder / "csv").mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(
+        "model: {block_size: 32}\ndata: {batch_size: 4}\noptim: {lr: 0.001, name: adamw}\n"
+        "trainer: {gradient_clip_val: null}\ncallbacks: {outliers: {probe_windows: 4}}\n"
+    )
+    rows = []
+    for step in (0, 100, 200):
+        probe = dict(scalars)
+        for layer in range(3):
+            norm = 10.0 * (1 + (growth - 1) * step / 200) if layer >= 1 else 10.0
+            probe[metric_key("residual", "first_token_norm", layer)] = norm
+            probe[metric_key("residual", "other_norm_median", layer)] = 5.0
+        rows.append({"step": step, **probe})
+        if step:
+            rows.append({"step": step - 1, **VAL})  # Lightning logs validation at step - 1
+    columns = ["step", *VAL, *scalars]
+    with open(folder / "csv" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    record = {"experiment": "massive_lab", "plan": plan, "config": config, "variant": variant,
+              "about": config, "seed": seed, "steps": 200, "bos": bos, "returncode": 0,
+              "wall_s": 30.0}  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder, record
+
+
+def test_collect_keeps_the_reported_figures_at_their_optimizer_steps(tmp_path, probe_scalars):
+    folder, record = fake_run(tmp_path / "out", probe_scalars, "controls", "softmax", "softmax",
+                              1, growth=3.0)  # fmt: skip
+    rows = read_log(folder / "csv" / "metrics.csv")
+    assert [r["step"] for r in rows] == [0, 100, 200]
+    assert rows[1]["val/loss_gap"] == 0.1  # logged at step 99, the 100th optimizer step
+    assert not any("head_" in k for k in rows[0])  # head means only
+    results = tmp_path / "results"
+    csv_path = collect_run(folder, record, results)
+    assert csv_path == results / "runs" / "controls" / "softmax_s1.csv"
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["block_size"] == 32 and meta["batch_size"] == 4 and meta["torch"]
+    (run,) = load_results(results)
+    key = metric_key("residual", "first_token_norm", 1)
+    assert [run.stats[s][key] for s in (0, 100, 200)] == [10.0, 20.0, 30.0]
+    assert run.metric("residual", "first_token_norm", 1, step=100) == 20.0
+    with pytest.raises(MissingMetric, match="first_token_nrom"):
+        run.metric("residual", "first_token_nrom", 1)
+
+
+def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_scalars):
+    out, results = tmp_path / "out", tmp_path / "docs" / "massive-lab"
+    for seed in (1, 2, 3):
+        for config, variant, growth in (("softmax", "softmax", 3.0 + seed), ("sgd", "softmax", 1.0),
+                                        ("relu_attention", "relu", 1.5)):  # fmt: skip
+            collect_run(*fake_run(out, probe_scalars, "controls", config, variant, seed, growth),
+                        results)  # fmt: skip
+        collect_run(*fake_run(out, probe_scalars, "nobos", "softmax", "softmax", seed, 1.0, False),
+                    results)  # fmt: skip
+    (results / "sweep.json").write_text(json.dumps({"sweeps": [{"jobs": 2}], "wall_s": 600.0}))
+    md = write_report(results)
+    assert md == tmp_path / "docs" / "massive-lab.md"
+    text = md.read_text()
+    # writer layer 1 (layer 0 does not grow); growth 4, 5, 6 over seeds 1-3
+    assert "BOS norm after layer 1, the layer that writes it in most seeds" in text
+    assert "supported — 5.00 ± 1.00 [4.00–6.00] (3 seeds; per seed 4.00, 5.00, 6.00)" in text
+    # softmax / sgd at the end: 10 x growth / 10 = 4, 5, 6; / relu: growth / 1.5
+    assert "**SGD keeps the peak flat**" in text and "softmax / sgd: 5.00 ± 1.00" in text
+    assert "softmax / relu_attention: 3.33 ± 0.67 [2.67–4.00]" in text
+    assert "ReLU attention keeps the peak flat** (softmax's BOS norm >= 3.0x" in text
+    assert ": not supported — softmax / relu_attention" in text  # seed 1 is 2.67 < 3
+    assert "| softmax | AdamW" not in text  # 'about' comes from the record: here the name
+    assert "## Without BOS" in text
+    assert (results / "growth-controls.png").stat().st_size > 1000
+    # the same files give the same report: it is a function of the committed data alone
+    assert write_report(results).read_text() == text
