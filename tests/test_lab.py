@@ -4,22 +4,18 @@ CSV log collected into the committed files, and the reports regenerated from tho
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
+import lab_fakes
 import pytest
-import torch
 
 from sysout.attention import variant_names
-from sysout.lab.collect import collect_run, kept, read_log
+from sysout.lab.collect import collect_run, read_log
 from sysout.lab.plans import lab_plan, parking_variants
 from sysout.lab.report import write_report
 from sysout.lab.runs import load_results
 from sysout.outliers.keys import MissingMetric, metric_key
-
-VAL = {"val/loss": 1.8, "val/true_loss": 1.7, "val/loss_gap": 0.1}
-VAL |= {"val/loss_trigger": 0.02, "val/loss_non_trigger": 2.0}
 
 
 def test_massive_lab_plan_comes_from_the_registry():
@@ -45,60 +41,25 @@ def test_massive_lab_plan_comes_from_the_registry():
 
 @pytest.fixture(scope="module")
 def probe_scalars(shared_dir) -> dict[str, float]:
-    """The figures the probe really logs for a Bigram-Backcopy model (the key set the lab
-    keeps), from a tiny random model."""
-    from sysout.data import BigramBackcopyDataModule
-    from sysout.model import build_gpt
-    from sysout.outliers import run_probe
-
-    torch.manual_seed(0)
-    model = build_gpt(
-        {"n_layer": 3, "n_head": 1, "n_embd": 16, "block_size": 32, "vocab_size": 66},
-        {"name": "softmax"},
-    )
-    dm = BigramBackcopyDataModule(str(shared_dir / "data/tinyshakespeare/input.txt"), 32)
-    inputs = dm.probe_inputs(4)
-    report = run_probe(
-        model,
-        inputs.windows,
-        query_groups=inputs.query_groups,
-        token_class=inputs.token_class,
-        token_class_names=inputs.token_class_names,
-    )
-    return {k: v for k, v in report.scalars().items() if kept(k)}
+    return lab_fakes.probe_scalars(shared_dir)
 
 
 def fake_run(out: Path, scalars: dict, plan: str, config: str, variant: str, seed: int,
              growth: float, bos: bool = True) -> tuple[Path, dict]:  # fmt: skip
-    """A finished run folder as train.py leaves it: the BOS norm after layer 1 grows linearly
-    to ``growth`` x its step-0 value of 10; the other token's median stays 5."""
-    folder = out / plan / f"{config}_s{seed}"
-    (folder / "csv").mkdir(parents=True)
-    (folder / ".hydra").mkdir()
-    (folder / ".hydra" / "config.yaml").write_text(
-        "model: {block_size: 32}\ndata: {batch_size: 4}\noptim: {lr: 0.001, name: adamw}\n"
-        "trainer: {gradient_clip_val: null}\ncallbacks: {outliers: {probe_windows: 4}}\n"
-    )
-    rows = []
-    for step in (0, 100, 200):
-        probe = dict(scalars)
+    """The BOS norm after layers 1 and 2 grows linearly to ``growth`` x its step-0 value of 10
+    (layer 0 stays at 10); the other tokens' median stays 5."""
+
+    def plant(step: int) -> dict[str, float]:
+        out = {}
         for layer in range(3):
             norm = 10.0 * (1 + (growth - 1) * step / 200) if layer >= 1 else 10.0
-            probe[metric_key("residual", "first_token_norm", layer)] = norm
-            probe[metric_key("residual", "other_norm_median", layer)] = 5.0
-        rows.append({"step": step, **probe})
-        if step:
-            rows.append({"step": step - 1, **VAL})  # Lightning logs validation at step - 1
-    columns = ["step", *VAL, *scalars]
-    with open(folder / "csv" / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+            out[metric_key("residual", "first_token_norm", layer)] = norm
+            out[metric_key("residual", "other_norm_median", layer)] = 5.0
+        return out
+
     record = {"experiment": "massive_lab", "plan": plan, "config": config, "variant": variant,
-              "about": config, "seed": seed, "steps": 200, "bos": bos, "returncode": 0,
-              "wall_s": 30.0}  # fmt: skip
-    (folder / "run.json").write_text(json.dumps(record))
-    return folder, record
+              "seed": seed, "bos": bos}  # fmt: skip
+    return lab_fakes.fake_run(out, scalars, record, plant)
 
 
 def test_collect_keeps_the_reported_figures_at_their_optimizer_steps(tmp_path, probe_scalars):

@@ -1,10 +1,11 @@
-"""The CPU laboratory: its measurement, plan and report, and end to end a learned attention
-sink measured by the outlier probe.
+"""The sink lab: the probe's sink figures against a direct computation, the report from
+committed files, and end to end a learned attention sink at each of seeds 1-5.
 
-The end-to-end tests are two 600-step runs of experiment=sink_lab (about 2.5 minutes each on one
-CPU thread). They are marked slow: ``make test`` (CI) runs them, the whole suite staying near 12
-minutes on 2 cores; ``make test-fast`` leaves them out, ``make test-lab`` runs only this file,
-and SYSOUT_LAB_TESTS=0 skips them. docs/results/sink-lab.md carries the figures of every variant.
+The end-to-end tests are 600-step runs of experiment=sink_lab (about 2.5 minutes each on one idle
+CPU thread), one per seed and variant, marked slow: ``make test-slow`` or ``make test-lab`` run
+them, and SYSOUT_LAB_TESTS=0 skips them. Their assertions choose the layer by the metric (the sink
+sits in different layers at different seeds) and hold at every seed of 1-5, which the committed
+sink-lab sweep (docs/results/sink-lab/, the same runs) shows too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from sysout.outliers.keys import layers_in, read_metric
 from sysout.training.run import train
 
 lab_training = pytest.mark.skipif(
@@ -103,12 +105,12 @@ def probe_rows(output_dir) -> list[dict[str, float]]:
     ]
 
 
-def run_lab(compose_train, variant: str):
+def run_lab(compose_train, variant: str, seed: int):
     torch.set_num_threads(1)
     cfg = compose_train(
         "experiment=sink_lab",
         f"attention={variant}",
-        "seed=1",
+        f"seed={seed}",
         "logger=csv",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
@@ -119,27 +121,41 @@ def run_lab(compose_train, variant: str):
     return metrics, probe_rows(Path(cfg.paths.output_dir))
 
 
+SEEDS = [1, 2, 3, 4, 5]
+
+
+def _layers(row: dict[str, float]) -> range:
+    return range(layers_in(row))
+
+
 @pytest.mark.slow
 @lab_training
-def test_softmax_grows_a_bos_sink_with_a_value_drain(compose_train) -> None:
-    _, rows = run_lab(compose_train, "softmax")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_softmax_grows_a_bos_sink_with_a_value_drain(compose_train, seed: int) -> None:
+    _, rows = run_lab(compose_train, "softmax", seed)
     first, last = rows[0], rows[-1]
-    share = "outliers/heads/layer_00/first_token_share_non_trigger"
-    assert last[share] > 0.4, last[share]
-    assert last["outliers/heads/layer_00/first_token_value_ratio"] < 0.3
-    assert last[share] > first[share] + 0.3  # it grew during training
+    share = lambda row, layer, group="non_trigger": read_metric(
+        row, "heads", f"first_token_share_{group}", layer
+    )
+    sink = max(_layers(last), key=lambda layer: share(last, layer))  # the sink's layer
+    assert share(last, sink) > 0.4, (sink, share(last, sink))
+    assert read_metric(last, "heads", "first_token_value_ratio", sink) < 0.3
+    assert share(last, sink) > share(first, sink) + 0.3  # it grew during training
     # Active-dormant: trigger queries (which must copy) do not park on BOS as much.
-    assert last["outliers/heads/layer_00/first_token_share_trigger"] < last[share]
+    assert share(last, sink, "trigger") < share(last, sink)
 
 
 @pytest.mark.slow
 @lab_training
-def test_sigmoid_puts_no_weight_on_bos(compose_train) -> None:
-    _, rows = run_lab(compose_train, "sigmoid")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigmoid_makes_no_sink(compose_train, seed: int) -> None:
+    _, rows = run_lab(compose_train, "sigmoid", seed)
     last = rows[-1]
-    for layer in range(3):
-        # Sigmoid weights do not sum to one: this is the absolute weight on BOS.
-        assert last[f"outliers/attention/layer_{layer:02d}/first_token_share"] < 0.05
+    for layer in _layers(last):
+        # Like with like: each row's weights normalised to one (sigmoid's do not sum to one, and
+        # an absolute weight near 1/T is what initialisation already gives).
+        top = read_metric(last, "heads", "top_key_share_of_row_non_trigger", layer)
+        assert top < 0.3, (layer, top)
 
 
 @pytest.mark.parametrize("variant", ["softmax", "kv_bias", "sigmoid"])
@@ -170,66 +186,48 @@ def test_the_probes_sink_figures_match_a_direct_computation(shared_dir, variant:
         assert ours["outliers/attention/layer_00/weight_sum"] < 0.99  # the slot takes weight
 
 
-def test_lab_plan() -> None:
-    from sysout.attention import variant_names
-    from sysout.lab.sweep import lab_plan
+def test_sink_report_from_committed_files(tmp_path, shared_dir) -> None:
+    from lab_fakes import fake_run, probe_scalars
 
-    runs = lab_plan(["main", "nobos", "longer"], variant_names(), [1, 2], 600, ["softmax"])
-    names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 2 * len(variant_names()) + 1 + 4
-    assert {r.bos for r in runs if r.plan == "nobos"} == {False}
-    assert {(r.variant, r.steps) for r in runs if r.plan == "longer"} == {
-        ("softmax", 1500),
-        ("kv_bias", 1500),
-        ("softmax1", 1500),
-        ("sink_logit", 1500),
-    }
-    overrides = runs[0].overrides(Path("/o"))
-    assert "experiment=sink_lab" in overrides and "data.bos=true" in overrides
-
-
-def _fake_run(out: Path, plan: str, variant: str, seed: int, share: float, value: float) -> None:
-    """A finished run folder as the sweep leaves it, with probe columns in its CSV log."""
-    import json
-
-    folder = out / plan / f"{variant}_s{seed}"
-    (folder / "csv").mkdir(parents=True)
-    info = {"plan": plan, "variant": variant, "seed": seed, "steps": 600, "bos": True}
-    (folder / "run.json").write_text(json.dumps({**info, "returncode": 0, "wall_s": 60.0}))
-    probe = {}
-    for layer in range(3):
-        lay = f"layer_{layer:02d}"
-        s = share if layer == 0 else 0.1
-        probe[f"outliers/attention/{lay}/first_token_share"] = s * 0.8
-        probe[f"outliers/attention/{lay}/weight_sum"] = 1.0
-        probe[f"outliers/heads/{lay}/first_token_share_non_trigger"] = s
-        probe[f"outliers/heads/{lay}/first_token_share_trigger"] = 0.01
-        probe[f"outliers/heads/{lay}/first_token_value_ratio"] = value if layer == 0 else 1.0
-        probe[f"outliers/activation/{lay}/first_token_norm_ratio"] = 0.5 + layer
-        probe[f"outliers/activation/{lay}/ratio"] = 8.0
-    val = {"val/loss": 1.8, "val/true_loss": 1.7, "val/loss_gap": 0.1}
-    val |= {"val/loss_trigger": 0.02, "val/loss_non_trigger": 2.0}
-    columns = ["step", *val, *probe]
-    lines = [",".join(columns)]
-    lines.append(",".join(["600", *[""] * len(val), *map(str, probe.values())]))
-    lines.append(",".join(["599", *map(str, val.values()), *[""] * len(probe)]))
-    (folder / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
-
-
-def test_report_from_runs(tmp_path) -> None:
+    from sysout.lab.collect import collect_run
     from sysout.lab.report import write_report
+    from sysout.outliers.keys import metric_key
 
-    out = tmp_path / "lab"
-    _fake_run(out, "main", "softmax", 1, share=0.62, value=0.14)
-    _fake_run(out, "main", "softmax", 2, share=0.55, value=0.21)
-    _fake_run(out, "main", "sigmoid", 1, share=0.02, value=0.9)
-    md = write_report(out, tmp_path / "docs" / "sink-lab.md")
-    text = md.read_text()
+    scalars = probe_scalars(shared_dir)
+    out, results = tmp_path / "out", tmp_path / "docs" / "sink-lab"
+
+    def planted(share: float, value: float):
+        def plant(step: int) -> dict[str, float]:
+            got = {}
+            for layer in range(3):
+                s = share * step / 200 if layer == 0 else 0.1
+                got[metric_key("attention", "first_token_share", layer)] = s * 0.8
+                got[metric_key("attention", "weight_sum", layer)] = 1.0
+                got[metric_key("heads", "first_token_share_non_trigger", layer)] = s
+                got[metric_key("heads", "first_token_share_trigger", layer)] = 0.01
+                got[metric_key("heads", "first_token_value_ratio", layer)] = (
+                    value if layer == 0 else 1.0
+                )
+                got[metric_key("activation", "first_token_norm_ratio", layer)] = 0.5 + layer
+                got[metric_key("activation", "ratio", layer)] = 8.0
+                got[metric_key("heads", "top_key_share_of_row_non_trigger", layer)] = max(s, 0.05)
+            return got
+
+        return plant
+
+    for variant, seed, share, value in (("softmax", 1, 0.62, 0.14), ("softmax", 2, 0.55, 0.21),
+                                        ("sigmoid", 1, 0.02, 0.9)):  # fmt: skip
+        record = {"experiment": "sink_lab", "plan": "main", "config": variant,
+                  "variant": variant, "seed": seed, "bos": True}  # fmt: skip
+        collect_run(*fake_run(out, scalars, record, planted(share, value)), results)
+    (results / "sweep.json").write_text('{"sweeps": [{"jobs": 2}], "wall_s": 120.0}')
+    text = write_report(results).read_text()
     assert "| softmax | 1 | 0.10 | 0.02 / 2.00 | 0.50 | 0.62 | 0.01 | 0.14 |" in text
     assert "| softmax | 2 | 0.10 | 0.02 / 2.00 | 0.44 | 0.55 | 0.01 | 0.21 |" in text
     assert "**Attention sink on BOS** (softmax, layer-0 non-trigger share > 0.3 in every " in text
     assert "seed): supported — 0.55-0.62." in text
     assert "**Value-state drain**" in text and "supported — 0.14-0.21" in text
     assert "steps): supported — largest ratio 2.50" in text  # residual peak: layer 2, 0.5 + 2
-    assert "Sigmoid attention has no sink** (absolute weight on BOS < 0.05 in every layer):" in text
-    assert "(tmp" not in text and (tmp_path / "docs" / "sink-lab" / "curves-main.png").is_file()
+    assert "**sigmoid attention has no sink** (each non-trigger row normalised to one" in text
+    assert "and seed): supported — largest 0.10 per seed" in text  # layers 1-2 plant 0.1
+    assert (results / "curves-main.png").is_file()

@@ -16,8 +16,8 @@ from sysout.outliers.keys import read_metric  # noqa: E402
 
 def sink_layer_value(stats: dict[str, float], n_layer: int, what: str) -> float:
     """A per-layer figure reduced over layers: the sink (largest non-trigger share on position
-    0), the value ratio at that layer, the largest residual ratio, the largest weight off the
-    real tokens (the extra slot / sink logit)."""
+    0), the value ratio at that layer, the largest residual ratio, and the weight the sink
+    layer's non-trigger queries put off the real tokens (the extra slot / sink logit)."""
     layers = range(n_layer)
     share = [read_metric(stats, "heads", "first_token_share_non_trigger", i) for i in layers]
     sink = max(layers, key=lambda i: share[i])
@@ -27,8 +27,8 @@ def sink_layer_value(stats: dict[str, float], n_layer: int, what: str) -> float:
         return read_metric(stats, "heads", "first_token_value_ratio", sink)
     if what == "residual_peak":
         return max(read_metric(stats, "activation", "first_token_norm_ratio", i) for i in layers)
-    if what == "slot_share":
-        return max(1 - read_metric(stats, "attention", "weight_sum", i) for i in layers)
+    if what == "slot_share":  # same layer, same queries as the sink share: like with like
+        return 1 - read_metric(stats, "heads", "row_weight_non_trigger", sink)
     raise ValueError(what)
 
 
@@ -115,7 +115,7 @@ def longer_curves(runs: list[LabRunResult], path: Path) -> Path:
         for layer in range(run.n_layer()):
             _, share = run.series("heads", "first_token_share_non_trigger", layer)
             ax.plot(steps, share, "-", marker=".", label=f"L{layer} pos 0")
-            _, weight = run.series("attention", "weight_sum", layer)
+            _, weight = run.series("heads", "row_weight_non_trigger", layer)
             if any(w < 0.999 for w in weight):
                 ax.plot(steps, [1 - w for w in weight], ":", marker=".", label=f"L{layer} slot")
         ax.set_title(f"{run.variant} (seed {run.seed})", fontsize=10)

@@ -17,7 +17,8 @@ from sysout.lab.sink_figures import longer_curves, sink_layer_value, training_cu
 SINK_SHARE = 0.3  # a sink: mean non-trigger weight on position 0 above this
 DRAIN_RATIO = 0.3  # a value drain: ||v(pos 0)|| below this x the median
 PEAK_RATIO = 2.0  # a residual peak: ||h(pos 0)|| above this x the median
-NO_SINK = 0.05  # no sink: weight on position 0 below this in every layer
+# No sink for unnormalised attention (sigmoid, ReLU), like with like: the top key's share of each
+# non-trigger row (rows normalised to one) below the sink criterion in every layer.
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -41,6 +42,9 @@ def row_figures(run: LabRunResult) -> dict[str, float | None]:
         "slot": sink_layer_value(s, n, "slot_share") if parks else None,
         "peak": sink_layer_value(s, n, "residual_peak"),
         "maxh": max(run.metric("activation", "ratio", i) for i in range(n)),
+        "top_row": max(
+            run.metric("heads", "top_key_share_of_row_non_trigger", i) for i in range(n)
+        ),
     }
 
 
@@ -134,13 +138,19 @@ def claims(main: list[LabRunResult], nobos: list[LabRunResult], longer) -> list[
         "before Guo et al.'s peak would show (their BOS norm is 1.24x its step-0 value at step "
         "600): the peak is the massive lab's question ([massive-lab.md](massive-lab.md))."
     )
-    sig = [r for r in main if r.variant == "sigmoid"]
-    worst = max((row_figures(r)["max_all"] for r in sig), default=float("nan"))
-    out.append(
-        f"- **Sigmoid attention has no sink** (absolute weight on BOS < {NO_SINK} in every layer):"
-        f" {_verdict(bool(sig) and worst < NO_SINK, sig)} — largest "
-        f"{_fmt(worst, 3)}."
-    )
+    for variant in ("sigmoid", "relu"):  # the unnormalised variants the papers name
+        runs = [r for r in main if r.variant == variant]
+        if not runs:
+            continue
+        top = [row_figures(r)["top_row"] for r in runs]
+        absolute = max(row_figures(r)["max_all"] for r in runs)
+        out.append(
+            f"- **{variant} attention has no sink** (each non-trigger row normalised to one, "
+            f"its top key's share < {SINK_SHARE} in every layer and seed): "
+            f"{_verdict(max(top) < SINK_SHARE, top)} — largest {_span(top)} per seed; the "
+            f"absolute weight on BOS is at most {_fmt(absolute, 3)} (initialisation already "
+            "gives about 1/T)."
+        )
     for variant in parking_variants():
         runs = [r for r in main if r.variant == variant]
         if not runs:
@@ -149,7 +159,7 @@ def claims(main: list[LabRunResult], nobos: list[LabRunResult], longer) -> list[
         slot = _span([row_figures(r)["slot"] for r in runs])
         text = (
             f"- **A place to park replaces the BOS sink** ({variant}; replaced = the slot takes "
-            f"over half the weight in some layer and no layer keeps a BOS share above "
+            f"over half the sink layer's non-trigger weight and no layer keeps a BOS share above "
             f"{SINK_SHARE}): {_parking_verdict(runs)} after {runs[0].steps} steps — the sink "
             f"layer's non-trigger share on BOS {bos}, the slot's {slot}"
         )
@@ -226,14 +236,15 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         "loss at trigger and non-trigger positions; mean weight on position 0 in layer 0 over "
         "all queries and over non-trigger / trigger queries (sigmoid: absolute weight, not a "
         "share); ||v(pos 0)|| / median ||v|| in layer 0; the same at the sink layer (largest "
-        "non-trigger share); largest weight on the extra slot / sink logit (no-op variants); "
+        "non-trigger share); weight on the extra slot / sink logit at the sink layer, "
+        "non-trigger queries (variants with a place to park); "
         "largest ||h(pos 0)|| / median ||h|| over layers (residual peak); largest max|h| / "
         "median|h| over layers.",
         "",
         "## What this scale supports",
         "",
         f"Criteria: sink > {SINK_SHARE}; drain < {DRAIN_RATIO}; residual peak > {PEAK_RATIO}; "
-        f"no sink < {NO_SINK}.",
+        f"no sink (sigmoid, ReLU) < {SINK_SHARE} of each row on the top key.",
         "",
         *claims(main, nobos, longer),
     ]
