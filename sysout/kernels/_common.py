@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._env import interpreting
-from ._modes import MODE_CLIP
+from ._modes import MODE_CLIP, MODE_RELU
 
 # How the weight of query i on key j is formed (MODE): see _modes.py, the one place per mode.
 
@@ -89,6 +89,7 @@ def bwd_configs() -> list[triton.Config]:
     on wgmma (32 falls back to mma.sync); at d = 128 only thinner tiles fit.
     """
     clip = (MODE_CLIP.value,)
+    clip_relu = (MODE_CLIP.value, MODE_RELU.value)  # (relu: 8 bytes of spill at d = 128)
     return _configs(
         _cfg(16, 32, 4, 1),
         [
@@ -96,7 +97,7 @@ def bwd_configs() -> list[triton.Config]:
             _cfg(32, 128, 8, 3, _D64),
             _cfg(64, 64, 4, 3, _D64),
             _cfg(32, 64, 4, 3, _D64),
-            _cfg(64, 64, 8, 3, (128,), skip=clip),
+            _cfg(64, 64, 8, 3, (128,), skip=clip_relu),
             _cfg(32, 128, 8, 3, (128,), skip=clip),
             _cfg(32, 64, 8, 3, (128,)),
             _cfg(16, 64, 4, 3, (128,)),
