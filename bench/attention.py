@@ -35,7 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from sysout.attention import AttentionVariant, build_variant, variant_names  # noqa: E402
+from sysout.attention import (  # noqa: E402
+    AttentionVariant,
+    build_variant,
+    get_variant_class,
+    variant_names,
+)
 
 Tensor = torch.Tensor
 Impl = Callable[[AttentionVariant, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -269,10 +274,13 @@ SDPA_BACKENDS = ("flash", "cudnn", "efficient")
 
 
 def implementations(args, name: str, flex: Flex | None, device) -> list[tuple[str, Impl]]:
-    impls: list[tuple[str, Impl]] = [("triton", fused)]
+    # A reference-only variant (traits.fused false) has no kernel and no kernel switches: only
+    # its reference is timed.
+    is_fused = get_variant_class(name).traits.fused
+    impls: list[tuple[str, Impl]] = [("triton", fused)] if is_fused else []
     probe = make_variant(name, 1, 16, device)
-    kernel_args = probe.kernel_arguments(torch.zeros(1, 1, 16, device=device))
-    if not args.no_sdpa and sdpa_expresses(kernel_args):
+    kernel_args = probe.kernel_arguments(torch.zeros(1, 1, 16, device=device)) if is_fused else None
+    if kernel_args is not None and not args.no_sdpa and sdpa_expresses(kernel_args):
         if args.smoke:
             impls.append(("sdpa", sdpa_impl(None)))
         else:
@@ -285,7 +293,7 @@ def implementations(args, name: str, flex: Flex | None, device) -> list[tuple[st
             }
             for label in args.sdpa_backends:
                 impls.append((f"sdpa-{label}", sdpa_impl(backends[label])))
-    if flex is not None and flex_expresses(kernel_args):
+    if kernel_args is not None and flex is not None and flex_expresses(kernel_args):
         impls.append(("flex", flex))
     if not args.no_reference:
         impls.append(("reference", reference))
