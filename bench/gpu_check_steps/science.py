@@ -49,20 +49,27 @@ DRY_OVERRIDES = [
     "callbacks.outliers.every_n_steps=2",
     "callbacks.outliers.probe_windows=2",
 ]
-# Guo et al.'s committed trajectory (BBM/figures/BBM/massive_dynamics_sgd_relu.pt in
-# GuoTianYu2000/Active-Dormant-Attention): norm of h_BOS after layer 0, Adam, by step.
-GUO_ADAM = {
-    0: 24.3,
-    600: 30.1,
-    1000: 34.4,
-    1500: 39.0,
-    2000: 43.2,
-    3000: 51.6,
-    5000: 70.9,
-    7000: 98.9,
-    10000: 140.7,
-}
-GUO_CONTROLS = {"sgd": (24.3, 20.4), "relu": (23.4, 24.5)}  # (step 0, step 10k)
+# Guo et al.'s committed trajectories, read from the one copy in the repository (its header cites
+# BBM/figures/BBM/massive_dynamics_sgd_relu.pt in GuoTianYu2000/Active-Dormant-Attention): the
+# norm of h_BOS after layer 0, at the steps the summary compares.
+GUO_FILE = ROOT / "docs" / "results" / "massive-lab" / "guo2024-bos-norm.csv"
+GUO_STEPS = (0, 600, 1000, 1500, 2000, 3000, 5000, 7000, 10000)
+
+
+def _guo() -> tuple[dict[int, float], dict[str, tuple[float, float]]]:
+    with open(GUO_FILE) as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    by_step = {int(r["step"]): r for r in rows}
+    adam = {s: round(float(by_step[s]["adam"]), 1) for s in GUO_STEPS}
+    last = max(by_step)
+    controls = {
+        name: (round(float(by_step[0][col]), 1), round(float(by_step[last][col]), 1))
+        for name, col in (("sgd", "sgd"), ("relu", "relu_attention"))
+    }
+    return adam, controls
+
+
+GUO_ADAM, GUO_CONTROLS = _guo()  # (step 0, step 10k) for the controls
 KEEP = re.compile(
     r"^step$|loss|first_token|residual|bos|activation/layer_\d+/(top1|ratio)$", re.IGNORECASE
 )
