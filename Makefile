@@ -7,7 +7,7 @@ EXPERIMENT ?= quickstart
 # The paper's six formulations, (a)-(f) of SPEC section 3.
 PAPER_VARIANTS ?= softmax,value_bias,context_bias,kv_bias,ca_scaling,sigmoid
 
-.PHONY: install train sweep lab massive-lab test test-fast test-lab lint format clean gpu-check
+.PHONY: install train sweep lab massive-lab test test-slow test-all test-lab lint format clean gpu-check
 
 # torch first, pinned to the CPU build this machine carries: a bare `torch` requirement would
 # pull several GB of CUDA wheels. An existing torch (any build) is kept.
@@ -36,15 +36,23 @@ lab: install
 	$(PYTHON) -m sysout.lab.sweep --experiment sink_lab --jobs 2 $(LAB_ARGS)
 	$(PYTHON) -m sysout.lab.report docs/results/sink-lab
 
+# What CI runs: everything but the long trainings (marked slow), with one end-to-end run of each
+# entry point; a few minutes on 2 cores.
 test: install
+	$(PYTHON) -m pytest -v -m "not slow" --durations=15 $(ARGS)
+
+# The long trainings: the sink lab at seeds 1-5 (ten 600-step runs), the trained sweep through
+# evaluate.py. About half an hour on 2 idle cores.
+test-slow: install
+	$(PYTHON) -m pytest -v -m slow --durations=15 $(ARGS)
+
+test-all: install
 	$(PYTHON) -m pytest -v --durations=15 $(ARGS)
 
-test-fast: install
-	$(PYTHON) -m pytest -q -m "not slow" $(ARGS)
-
-# The lab's end-to-end check: softmax grows a BOS sink, sigmoid does not (two 600-step runs).
+# The sink lab's tests alone: its pipeline and, end to end, softmax's BOS sink and sigmoid's
+# absence of one at each of seeds 1-5.
 test-lab: install
-	$(PYTHON) -m pytest -v tests/test_sink_lab.py $(ARGS)
+	$(PYTHON) -m pytest -v tests/test_sink_lab.py tests/test_lab.py $(ARGS)
 
 # Everything a first GPU must show, in under 8 minutes (docs/gpu-check.md); a dry run at tiny
 # shapes on a CPU. No install step: a lent GPU machine has no network, and the script imports
