@@ -89,9 +89,9 @@ def outlier_report(
     consistency.append(
         {
             "layer": "all",
-            "position_consistency": summary.get("position_consistency", math.nan),
-            "dimension_consistency": summary.get("dimension_consistency", math.nan),
-            "column_consistency": summary.get("column_consistency", math.nan),
+            "position_consistency": summary["position_consistency"],
+            "dimension_consistency": summary["dimension_consistency"],
+            "column_consistency": summary["column_consistency"],
         }
     )
     files["consistency"] = write_csv(out_dir / "consistency.csv", list(consistency[0]), consistency)
