@@ -11,33 +11,23 @@ from pathlib import Path
 
 import torch
 
-from sysout.lab.collect import kept
+from sysout.lab.collect import kept, probe_bigram_backcopy
 
 VAL = {"val/loss": 1.8, "val/true_loss": 1.7, "val/loss_gap": 0.1}
 VAL |= {"val/loss_trigger": 0.02, "val/loss_non_trigger": 2.0}
 STEPS = (0, 100, 200)
 
 
-def probe_scalars(shared_dir: Path) -> dict[str, float]:
+def probe_scalars() -> dict[str, float]:
     """The figures the probe logs for a Bigram-Backcopy model that the lab keeps."""
-    from sysout.data import BigramBackcopyDataModule
     from sysout.model import build_gpt
-    from sysout.outliers import run_probe
 
     torch.manual_seed(0)
     model = build_gpt(
         {"n_layer": 3, "n_head": 1, "n_embd": 16, "block_size": 32, "vocab_size": 66},
         {"name": "softmax"},
     )
-    dm = BigramBackcopyDataModule(str(shared_dir / "data/tinyshakespeare/input.txt"), 32)
-    inputs = dm.probe_inputs(4)
-    report = run_probe(
-        model,
-        inputs.windows,
-        query_groups=inputs.query_groups,
-        token_class=inputs.token_class,
-        token_class_names=inputs.token_class_names,
-    )
+    report = probe_bigram_backcopy(model, bos=True, windows=4)
     return {k: v for k, v in report.scalars().items() if kept(k)}
 
 

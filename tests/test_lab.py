@@ -41,7 +41,7 @@ def test_massive_lab_plan_comes_from_the_registry():
 
 @pytest.fixture(scope="module")
 def probe_scalars(shared_dir) -> dict[str, float]:
-    return lab_fakes.probe_scalars(shared_dir)
+    return lab_fakes.probe_scalars()
 
 
 def fake_run(out: Path, scalars: dict, plan: str, config: str, variant: str, seed: int,

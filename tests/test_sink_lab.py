@@ -193,7 +193,7 @@ def test_sink_report_from_committed_files(tmp_path, shared_dir) -> None:
     from sysout.lab.report import write_report
     from sysout.outliers.keys import metric_key
 
-    scalars = probe_scalars(shared_dir)
+    scalars = probe_scalars()
     out, results = tmp_path / "out", tmp_path / "docs" / "sink-lab"
 
     def planted(share: float, value: float):

@@ -114,17 +114,16 @@ def _column_order(key: str) -> tuple:
     return (1, group, -1 if layer is None else layer, stat)
 
 
-def final_positions(checkpoint: Path, bos: bool, windows: int = 32) -> list[dict[str, Any]]:
-    """Per layer and probe sequence at the checkpoint: its top key and where max |h| sits."""
+def probe_bigram_backcopy(model: Any, bos: bool, windows: int) -> Any:
+    """The outlier probe of a Bigram-Backcopy model on the task's first ``windows`` fixed
+    validation sequences, with the task's query groups and token classes (as training probes)."""
     from sysout.data.bigram_backcopy import BigramBackcopyDataModule
     from sysout.lab.runs import default_text_path
-    from sysout.model.checkpoint import load_gpt_checkpoint
     from sysout.outliers import run_probe
 
-    model = load_gpt_checkpoint(checkpoint).model
     data = BigramBackcopyDataModule(str(default_text_path()), model.config.block_size, bos=bos)
     inputs = data.probe_inputs(windows)
-    report = run_probe(
+    return run_probe(
         model,
         inputs.windows,
         query_groups=inputs.query_groups,
@@ -132,6 +131,13 @@ def final_positions(checkpoint: Path, bos: bool, windows: int = 32) -> list[dict
         token_class=inputs.token_class,
         token_class_names=inputs.token_class_names,
     )
+
+
+def final_positions(checkpoint: Path, bos: bool, windows: int = 32) -> list[dict[str, Any]]:
+    """Per layer and probe sequence at the checkpoint: its top key and where max |h| sits."""
+    from sysout.model.checkpoint import load_gpt_checkpoint
+
+    report = probe_bigram_backcopy(load_gpt_checkpoint(checkpoint).model, bos, windows)
     rows = []
     for lay in report.layers:
         res = lay.residual

@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import torch
+
+_Settings = TypeVar("_Settings")
+
+
+def settings_from(cls: type[_Settings], value: Any, what: str) -> _Settings:
+    """A frozen settings dataclass from an instance (as it is), None (the defaults) or a
+    (Hydra) mapping of overrides, where a None value keeps that field's default and an unknown
+    key is an error naming the valid ones (``what`` names the settings in it)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping of its keys, got {value!r}")
+    known = {f.name for f in fields(cls)}
+    given = {k: v for k, v in dict(value).items() if v is not None}
+    unknown = set(given) - known
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; valid: {sorted(known)}")
+    return cls(**given)
 
 
 def abs_float(x: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,10 @@ The probe sentence itself is :data:`~sysout.outliers.reports.PROBE_SENTENCE`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from ._common import settings_from
 from .reports import PROBE_SENTENCE
 
 
@@ -50,13 +51,4 @@ class ProbeOptions:
     def from_any(cls, value: ProbeOptions | Mapping[str, Any] | None) -> ProbeOptions:
         """Options from an instance, a (Hydra) mapping, or None (defaults); a None value in
         the mapping keeps that field's default, an unknown key is an error."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        known = {f.name for f in fields(cls)}
-        given = {k: v for k, v in dict(value).items() if v is not None}
-        unknown = set(given) - known
-        if unknown:
-            raise ValueError(f"unknown probe options {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**given)
+        return settings_from(cls, value, "probe options")

@@ -27,11 +27,13 @@ code does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._common import settings_from
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,7 @@ class OutlierThresholds:
     def from_any(cls, value: OutlierThresholds | Mapping[str, Any] | None) -> OutlierThresholds:
         """Thresholds from an instance, a (Hydra) mapping of overrides, or None (defaults); a
         None value in the mapping keeps that field's default."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        known = {f.name for f in fields(cls)}
-        given = {k: v for k, v in dict(value).items() if v is not None}
-        unknown = set(given) - known
-        if unknown:
-            raise ValueError(
-                f"unknown outlier thresholds {sorted(unknown)}; valid: {sorted(known)}"
-            )
-        return cls(**given)
+        return settings_from(cls, value, "outlier thresholds")
 
 
 DEFAULT_THRESHOLDS = OutlierThresholds()
