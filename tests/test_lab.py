@@ -95,13 +95,13 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
     md = write_report(results)
     assert md == tmp_path / "docs" / "massive-lab.md"
     text = md.read_text()
-    # writer layer 1 (layer 0 does not grow); growth 4, 5, 6 over seeds 1-3
-    assert "BOS norm after layer 1, the layer that writes it in most seeds" in text
+    # peak layer 1 (layer 0 does not grow; layers 1 and 2 tie, the first wins); growth 4, 5, 6
+    assert "BOS norm after layer 1, where BOS stands out most in most seeds" in text
     assert "supported — 5.00 ± 1.00 [4.00–6.00] (3 seeds; per seed 4.00, 5.00, 6.00)" in text
     # softmax / sgd at the end: 10 x growth / 10 = 4, 5, 6; / relu: growth / 1.5
-    assert "**SGD keeps the peak flat**" in text and "softmax / sgd: 5.00 ± 1.00" in text
+    assert "**SGD keeps the BOS norm flat**" in text and "softmax / sgd: 5.00 ± 1.00" in text
     assert "softmax / relu_attention: 3.33 ± 0.67 [2.67–4.00]" in text
-    assert "ReLU attention keeps the peak flat** (softmax's BOS norm >= 3.0x" in text
+    assert "ReLU attention keeps the BOS norm flat** (softmax's BOS norm >= 3.0x" in text
     assert ": not supported — softmax / relu_attention" in text  # seed 1 is 2.67 < 3
     assert "| softmax | AdamW" not in text  # 'about' comes from the record: here the name
     assert "## Without BOS" in text

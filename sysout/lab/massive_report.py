@@ -6,8 +6,6 @@ sysout.lab.report``. Every criterion is stated beside its verdict, every figure 
 
 from __future__ import annotations
 
-import csv
-import json
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -18,79 +16,33 @@ from sysout.lab.massive_figures import (
     layer_curves,
     position_histograms,
 )
+from sysout.lab.massive_metrics import (
+    APART,
+    GUO_TOKENS_PER_STEP,
+    ON_BOS,
+    PEAK_GROWTH,
+    SINK,
+    bos_growth,
+    bos_norm,
+    bos_over_median,
+    common_peak_layer,
+    first_step_above,
+    peak_layer,
+    read_guo,
+    sink_layer,
+    sink_share,
+    sun_ratio,
+)
 from sysout.lab.plans import BASELINE, parking_variants
 from sysout.lab.runs import LabRunResult, shown
+from sysout.lab.text import fmt, markdown_table, spread, sweep_line
 
-GUO_FILE = "guo2024-bos-norm.csv"
-GUO_TOKENS_PER_STEP = 512 * 256  # their batch x sequence length
-# Criteria (stated in the report).
-PEAK_GROWTH = 2.0  # a peak: BOS norm after the writer layer > this x its step-0 value
-APART = 3.0  # softmax's BOS norm at least this x a control's, seed by seed
-ON_BOS = 0.9  # the largest activation sits on BOS in at least this share of sequences
-SINK = 0.3  # a sink: the top key takes more than this share of the non-trigger rows
-WRITER_SHARE = 0.9  # the writer layer: the first whose BOS growth is >= this x the largest
+CONTROLS = ("softmax", "sgd", "relu_attention", "clip")
+FACTORS = ("gelu", "tied", "gpt2_init")
 
 
-def _fmt(x: float, digits: int = 2) -> str:
-    return f"{x:.{digits}f}" if abs(x) < 1000 else f"{x:.0f}"
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    """``mean ± sd [min-max]`` over seeds (n in the table's seed column)."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return _fmt(values[0], digits)
-    sd = statistics.stdev(values)
-    return (
-        f"{_fmt(statistics.fmean(values), digits)} ± {_fmt(sd, digits)} "
-        f"[{_fmt(min(values), digits)}–{_fmt(max(values), digits)}]"
-    )
-
-
-def bos_growth(run: LabRunResult, layer: int, step: int | None = None) -> float:
-    """||h(BOS)|| after ``layer`` at ``step`` (default: the end) / its step-0 value."""
-    start = run.metric("residual", "first_token_norm", layer, step=min(run.stats))
-    return run.metric("residual", "first_token_norm", layer, step=step) / start
-
-
-def writer_layer(run: LabRunResult) -> int:
-    """The first layer whose BOS norm grew by at least WRITER_SHARE of the largest growth:
-    where the peak appears (later layers carry it on the residual stream)."""
-    growth = [bos_growth(run, layer) for layer in range(run.n_layer())]
-    return next(i for i, g in enumerate(growth) if g >= WRITER_SHARE * max(growth))
-
-
-def sink_layer(run: LabRunResult) -> int:
-    """The layer whose non-trigger queries put the largest row share on one key."""
-    return max(
-        range(run.n_layer()),
-        key=lambda i: run.metric("heads", "top_key_share_of_row_non_trigger", i),
-    )
-
-
-def first_step_above(run: LabRunResult, layer: int, factor: float) -> int | None:
-    """The first probed step at which the BOS growth after ``layer`` exceeds ``factor``."""
-    return next((s for s in sorted(run.stats) if bos_growth(run, layer, s) > factor), None)
-
-
-def read_guo(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """Guo et al.'s committed trajectories (the file's header cites its source)."""
-    path = folder / GUO_FILE
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    steps = [int(r["step"]) for r in rows]
-    return {k: (steps, [float(r[k]) for r in rows]) for k in ("adam", "sgd", "relu_attention")}
-
-
-def _common_layer(runs: list[LabRunResult]) -> int:
-    return Counter(writer_layer(r) for r in runs).most_common(1)[0][0]
-
-
-def _by_seed(runs: list[LabRunResult]) -> dict[int, LabRunResult]:
-    return {r.seed: r for r in runs}
+def _seeded(runs: list[LabRunResult]) -> list[LabRunResult]:
+    return sorted(runs, key=lambda r: r.seed)
 
 
 def bos_table(groups: dict[str, list[LabRunResult]], layer: int, about: dict[str, str]):
@@ -98,48 +50,53 @@ def bos_table(groups: dict[str, list[LabRunResult]], layer: int, about: dict[str
         "configuration",
         "what it changes",
         "seeds",
-        "writer layer (per seed)",
-        f"BOS norm after layer {layer}: end",
+        "peak layer (per seed)",
+        f"BOS norm after layer {layer}",
         "growth vs step 0",
         "BOS / median token",
-        "max abs h on BOS (share of sequences)",
+        f"max abs h of layer {layer} on BOS (share of sequences)",
         f"Sun top-1 / median, layer {layer}",
         "sink layer: top-key share (non-trigger)",
         "loss gap",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for name, runs in groups.items():
-        if not runs:
-            continue
-        runs = sorted(runs, key=lambda r: r.seed)
-        sinks = [sink_layer(r) for r in runs]
-        cells = [
-            name,
-            about.get(name, ""),
-            str(len(runs)),
-            ", ".join(str(writer_layer(r)) for r in runs),
-            spread([r.metric("residual", "first_token_norm", layer) for r in runs], 1),
-            spread([bos_growth(r, layer) for r in runs]),
-            spread(
-                [
-                    r.metric("residual", "first_token_norm", layer)
-                    / r.metric("residual", "other_norm_median", layer)
-                    for r in runs
-                ]
-            ),
-            spread([r.metric("residual", "argmax_first_token_share", layer) for r in runs]),
-            spread([r.metric("activation", "ratio", layer) for r in runs], 1),
-            f"L{Counter(sinks).most_common(1)[0][0]}: "
-            + spread(
-                [
-                    r.metric("heads", "top_key_share_of_row_non_trigger", s)
-                    for r, s in zip(runs, sinks)
-                ]
-            ),
-            spread([r.val_metric("val/loss_gap") for r in runs], 3),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        runs = _seeded(runs)
+        sinks = Counter(sink_layer(r) for r in runs).most_common(1)[0][0]
+        rows.append(
+            [
+                name,
+                about.get(name, ""),
+                str(len(runs)),
+                ", ".join(str(peak_layer(r)) for r in runs),
+                spread([bos_norm(r, layer) for r in runs], 1),
+                spread([bos_growth(r, layer) for r in runs]),
+                spread([bos_over_median(r, layer) for r in runs]),
+                spread([r.metric("residual", "argmax_first_token_share", layer) for r in runs]),
+                spread([r.metric("activation", "ratio", layer) for r in runs], 1),
+                f"L{sinks}: " + spread([sink_share(r) for r in runs]),
+                spread([r.val_metric("val/loss_gap") for r in runs], 3),
+            ]
+        )
+    return markdown_table(head, rows)
+
+
+def _final_counts(runs: list[LabRunResult], column: str) -> Counter:
+    """Positions in ``column`` at the last step over the runs' probe sequences, each run at its
+    sink layer."""
+    return Counter(
+        int(row[column])
+        for run in runs
+        for row in run.final
+        if int(row["layer"]) == sink_layer(run)
+    )
+
+
+def _mode(counts: Counter) -> str:
+    if not counts:
+        return "—"
+    position, count = counts.most_common(1)[0]
+    return f"{position} ({count / sum(counts.values()):.2f})"
 
 
 def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
@@ -155,208 +112,160 @@ def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
         "Sun top-1 / median (max over layers)",
         "loss gap",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for name, runs in groups.items():
-        if not runs:
-            continue
-        runs = sorted(runs, key=lambda r: r.seed)
-        layers = [sink_layer(r) for r in runs]
-        top = Counter(
-            int(row["top_key"])
-            for r, la in zip(runs, layers)
-            for row in r.final
-            if int(row["layer"]) == la
-        )
-        argmax = Counter(
-            int(row["argmax_position"])
-            for r, la in zip(runs, layers)
-            for row in r.final
-            if int(row["layer"]) == la
-        )
-        total = sum(top.values()) or 1
-        mode, count = top.most_common(1)[0] if top else (None, 0)
-        amode, acount = argmax.most_common(1)[0] if argmax else (None, 0)
+        runs = _seeded(runs)
+        at = lambda r, group, stat: r.metric(group, stat, sink_layer(r))
         slot = (
-            spread(
-                [1 - r.metric("heads", "row_weight_non_trigger", la) for r, la in zip(runs, layers)]
-            )
+            spread([1 - at(r, "heads", "row_weight_non_trigger") for r in runs])
             if name in parking_variants()
             else "—"
         )
-        cells = [
-            name,
-            str(len(runs)),
-            f"L{Counter(layers).most_common(1)[0][0]}",
-            spread(
-                [
-                    r.metric("heads", "top_key_share_of_row_non_trigger", la)
-                    for r, la in zip(runs, layers)
-                ]
-            ),
-            spread(
-                [
-                    r.metric("attention", "top_key_first_token_share", la)
-                    for r, la in zip(runs, layers)
-                ]
-            ),
-            f"{mode} ({count / total:.2f})",
-            slot,
-            f"{amode} ({acount / (sum(argmax.values()) or 1):.2f})",
-            spread(
-                [max(r.metric("activation", "ratio", i) for i in range(r.n_layer())) for r in runs],
-                1,
-            ),
-            spread([r.val_metric("val/loss_gap") for r in runs], 3),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(
+            [
+                name,
+                str(len(runs)),
+                f"L{Counter(sink_layer(r) for r in runs).most_common(1)[0][0]}",
+                spread([sink_share(r) for r in runs]),
+                spread([at(r, "attention", "top_key_first_token_share") for r in runs]),
+                _mode(_final_counts(runs, "top_key")),
+                slot,
+                _mode(_final_counts(runs, "argmax_position")),
+                spread([sun_ratio(r) for r in runs], 1),
+                spread([r.val_metric("val/loss_gap") for r in runs], 3),
+            ]
+        )
+    return markdown_table(head, rows)
+
+
+def _peak_claims(base: list[LabRunResult], layer: int) -> list[str]:
+    growth = [bos_growth(r, layer) for r in base]
+    on = [r.metric("residual", "argmax_first_token_share", layer) for r in base]
+    dims = Counter(int(r.metric("residual", "argmax_dim", layer)) for r in base)
+    dim_share = [r.metric("residual", "argmax_dim_share", layer) for r in base]
+    return [
+        f"- **A residual-state peak grows on BOS** (softmax, AdamW: BOS norm after layer "
+        f"{layer}, where BOS stands out most in most seeds, > {PEAK_GROWTH}x its step-0 value "
+        f"in every seed): {'supported' if min(growth) > PEAK_GROWTH else 'not supported'} — "
+        f"{spread(growth)} ({len(base)} seeds; per seed "
+        f"{', '.join(fmt(g) for g in growth)}); BOS / median token "
+        f"{spread([bos_over_median(r, layer) for r in base])}.",
+        f"- **The largest activation of layer {layer} sits on BOS** (in >= {ON_BOS:.0%} of the "
+        f"probe sequences, every seed): {'supported' if min(on) >= ON_BOS else 'not supported'} "
+        f"— {spread(on)}; in one dimension per seed (share of sequences in the modal one: "
+        f"{spread(dim_share)}), {len(dims)} distinct dimension(s) over {len(base)} seeds.",
+    ]
+
+
+def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, layer: int):
+    by_seed = {r.seed: r for r in runs}
+    pairs = [(r, by_seed[r.seed]) for r in base if r.seed in by_seed]
+    if not pairs:
+        return []
+    ratio = [bos_norm(r, layer) / bos_norm(c, layer) for r, c in pairs]
+    grown = [bos_growth(c, layer) for _, c in pairs]
+    if name == "clip":
+        ok = min(grown) > PEAK_GROWTH
+        what, crit = "Gradient clipping at 1.0 leaves the peak", f"clipped growth > {PEAK_GROWTH}x"
+    else:
+        ok = min(ratio) >= APART
+        flat = {"sgd": "SGD", "relu_attention": "ReLU attention"}
+        what = f"{flat.get(name, name)} keeps the BOS norm flat"
+        crit = f"softmax's BOS norm >= {APART}x the control's, seed by seed"
+    return [
+        f"- **{what}** ({crit}, layer {layer}): {'supported' if ok else 'not supported'} — "
+        f"softmax / {name}: {spread(ratio)}; {name}'s own growth {spread(grown)} "
+        f"({len(pairs)} seed pairs)."
+    ]
+
+
+def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, layer: int):
+    if not runs:
+        return []
+    when = lambda rs: ", ".join(
+        "never" if (s := first_step_above(r, layer, 1.5)) is None else str(s) for r in rs
+    )
+    return [
+        f"- **Factor {name}**: BOS growth after layer {layer} "
+        f"{spread([bos_growth(r, layer) for r in runs])} vs softmax "
+        f"{spread([bos_growth(r, layer) for r in base])}; peak layer per seed "
+        f"{[peak_layer(r) for r in _seeded(runs)]} vs {[peak_layer(r) for r in base]}; first "
+        f"step above 1.5x: {when(_seeded(runs))} vs {when(base)}."
+    ]
+
+
+def _nobos_claims(nobos: dict[str, list[LabRunResult]]) -> list[str]:
+    soft = nobos.get(BASELINE, [])
+    if not soft:
+        return []
+    verdict = "supported" if min(map(sink_share, soft)) > SINK else "not supported"
+    out = [
+        f"- **Without BOS, softmax still makes a sink** (top key > {SINK} of the non-trigger "
+        f"rows in every seed): {verdict} — {spread([sink_share(r) for r in soft])}; where it "
+        "sits: the table and the figure below."
+    ]
+    for variant, runs in nobos.items():
+        if variant == BASELINE:
+            continue
+        no_sink = max(map(sink_share, runs)) < SINK
+        mean = lambda group: statistics.fmean(map(sun_ratio, group))
+        lower = mean(runs) < 0.5 * mean(soft)
+        out.append(
+            f"- **{variant} without BOS**: sink prevented (top-key share < {SINK} in every "
+            f"seed): {'yes' if no_sink else 'no'} ({spread([sink_share(r) for r in runs])} vs "
+            f"softmax {spread([sink_share(r) for r in soft])}); peak reduced (Sun top-1/median "
+            f"below half of softmax's, mean over seeds): {'yes' if lower else 'no'} "
+            f"({spread([sun_ratio(r) for r in runs], 1)} vs "
+            f"{spread([sun_ratio(r) for r in soft], 1)})."
+        )
+    return out
 
 
 def claims(groups: dict[str, list[LabRunResult]], nobos: dict[str, list[LabRunResult]]):
     """The verdicts, each with its criterion and the per-seed figures behind it."""
-    out = []
-    base = groups.get(BASELINE, [])
+    base = _seeded(groups.get(BASELINE, []))
     if not base:
         return ["- No softmax baseline runs: nothing to judge."]
-    layer = _common_layer(base)
-    growth = [bos_growth(r, layer) for r in base]
-    ok = min(growth) > PEAK_GROWTH
-    out.append(
-        f"- **A residual-state peak grows on BOS** (softmax, AdamW: BOS norm after layer {layer},"
-        f" the layer that writes it in most seeds, > {PEAK_GROWTH}x its step-0 value in every "
-        f"seed): {'supported' if ok else 'not supported'} — {spread(growth)} "
-        f"({len(base)} seeds; per seed {', '.join(_fmt(g) for g in growth)})."
-    )
-    on = [r.metric("residual", "argmax_first_token_share", layer) for r in base]
-    dims = Counter(int(r.metric("residual", "argmax_dim", layer)) for r in base)
-    out.append(
-        f"- **The largest activation of layer {layer} sits on BOS** (in >= {ON_BOS:.0%} of the "
-        f"probe sequences, every seed): {'supported' if min(on) >= ON_BOS else 'not supported'} "
-        f"— {spread(on)}; its dimension differs between seeds ({len(dims)} distinct over "
-        f"{len(base)} seeds) and is fixed within each (share of sequences in the modal "
-        f"dimension: {spread([r.metric('residual', 'argmax_dim_share', layer) for r in base])})."
-    )
-    for control in ("sgd", "relu_attention", "clip"):
-        runs = _by_seed(groups.get(control, []))
-        pairs = [(r, runs[r.seed]) for r in base if r.seed in runs]
-        if not pairs:
-            continue
-        ratio = [
-            r.metric("residual", "first_token_norm", layer)
-            / c.metric("residual", "first_token_norm", layer)
-            for r, c in pairs
-        ]
-        grown = [bos_growth(c, layer) for _, c in pairs]
-        verdict = "supported" if min(ratio) >= APART else "not supported"
-        what = {
-            "sgd": "SGD keeps the peak flat",
-            "relu_attention": "ReLU attention keeps the peak flat",
-            "clip": "gradient clipping at 1.0 does not stop the peak",
-        }[control]
-        if control == "clip":
-            verdict = "supported" if min(grown) > PEAK_GROWTH else "not supported"
-            crit = f"clipped BOS growth > {PEAK_GROWTH}x in every seed"
-        else:
-            crit = f"softmax's BOS norm >= {APART}x the control's, seed by seed"
-        out.append(
-            f"- **{what}** ({crit}, layer {layer}): {verdict} — softmax / {control}: "
-            f"{spread(ratio)}; {control}'s own growth {spread(grown)} ({len(pairs)} seed pairs)."
-        )
-    for factor in ("gelu", "tied", "gpt2_init"):
-        runs = groups.get(factor, [])
-        if not runs:
-            continue
-        mine = [bos_growth(r, layer) for r in runs]
-        when = [first_step_above(r, layer, 1.5) for r in runs]
-        base_when = [first_step_above(r, layer, 1.5) for r in base]
-        fmt_when = lambda ws: ", ".join("never" if w is None else str(w) for w in ws)
-        out.append(
-            f"- **Factor {factor}**: BOS growth after layer {layer} {spread(mine)} vs softmax "
-            f"{spread(growth)}; writer layer per seed {[writer_layer(r) for r in runs]} vs "
-            f"{[writer_layer(r) for r in base]}; first step above 1.5x: {fmt_when(when)} vs "
-            f"{fmt_when(base_when)}."
-        )
-    if nobos:
-        soft = nobos.get(BASELINE, [])
-        share = lambda r: r.metric("heads", "top_key_share_of_row_non_trigger", sink_layer(r))
-        peak = lambda r: max(r.metric("activation", "ratio", i) for i in range(r.n_layer()))
-        if soft:
-            out.append(
-                f"- **Without BOS, softmax still makes a sink** (top key > {SINK} of the "
-                f"non-trigger rows in every seed): "
-                f"{'supported' if min(map(share, soft)) > SINK else 'not supported'} — "
-                f"{spread([share(r) for r in soft])}; positions in the table and figure below."
-            )
-        for variant, runs in nobos.items():
-            if variant == BASELINE or not runs or not soft:
-                continue
-            no_sink = max(map(share, runs)) < SINK
-            lower = statistics.fmean(map(peak, runs)) < 0.5 * statistics.fmean(map(peak, soft))
-            out.append(
-                f"- **{variant} without BOS**: sink prevented (top-key share < {SINK} in every "
-                f"seed): {'yes' if no_sink else 'no'} ({spread([share(r) for r in runs])} vs "
-                f"softmax {spread([share(r) for r in soft])}); peak reduced (Sun top-1/median "
-                f"below half of softmax's, mean over seeds): {'yes' if lower else 'no'} "
-                f"({spread([peak(r) for r in runs], 1)} vs {spread([peak(r) for r in soft], 1)})."
-            )
-    return out
+    layer = common_peak_layer(base)
+    out = _peak_claims(base, layer)
+    for name in CONTROLS[1:]:
+        out += _control_claim(base, groups.get(name, []), name, layer)
+    for name in FACTORS:
+        out += _factor_claim(base, groups.get(name, []), name, layer)
+    return out + _nobos_claims(nobos)
 
 
-def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
-    """The massive lab's markdown and figures from its runs (read from ``results``)."""
-    with_bos = [r for r in runs if r.plan in ("controls", "factors")]
-    groups = by_config(with_bos)
-    order = ["softmax", "sgd", "relu_attention", "clip", "gelu", "tied", "gpt2_init"]
-    groups = {k: groups[k] for k in order if k in groups} | {
-        k: v for k, v in groups.items() if k not in order
-    }
-    nobos = by_config([r for r in runs if r.plan == "nobos"])  # configurations are variants
-    about = {r.config: r.meta.get("about", "") for r in runs}
-    base = groups.get(BASELINE, [])
-    layer = _common_layer(base) if base else 0
-    figdir = md.with_suffix("")
-    meta = runs[0].meta
-    block, batch = int(meta.get("block_size", 128)), int(meta.get("batch_size", 32))
+def _figures(groups, nobos, base, layer, meta, results, figdir) -> list[tuple[str, Path]]:
+    tokens = int(meta.get("block_size", 256)) * int(meta.get("batch_size", 32))
     figs = []
     if base:
-        controls = {
-            k: groups[k] for k in ("softmax", "sgd", "relu_attention", "clip") if k in groups
-        }
-        figs.append(
+        controls = {k: groups[k] for k in CONTROLS if k in groups}
+        factors = {k: groups[k] for k in (BASELINE, *FACTORS) if k in groups}
+        figs += [
             (
                 "BOS residual norm growth: controls, against Guo et al.",
                 growth_curves(
                     controls,
                     layer,
-                    block * batch,
+                    tokens,
                     read_guo(results),
                     GUO_TOKENS_PER_STEP,
                     figdir / "growth-controls.png",
-                ),  # fmt: skip
-            )
-        )
-        factors = {k: groups[k] for k in ("softmax", "gelu", "tied", "gpt2_init") if k in groups}
-        figs.append(
+                ),
+            ),
             (
                 "BOS residual norm growth: sysout's departures from Guo et al.",
                 growth_curves(
-                    factors,
-                    layer,
-                    block * batch,
-                    {},
-                    GUO_TOKENS_PER_STEP,
-                    figdir / "growth-factors.png",
-                ),  # fmt: skip
-            )
-        )
-        figs.append(
+                    factors, layer, tokens, {}, GUO_TOKENS_PER_STEP, figdir / "growth-factors.png"
+                ),
+            ),
             (
                 "softmax, every layer: BOS and the median other token",
                 layer_curves(base, figdir / "layers-softmax.png", "softmax with BOS"),
-            )
-        )
+            ),
+        ]
     if nobos:
-        figs.append(
+        figs += [
             (
                 "without BOS: where each sequence's sink sits (top key at the sink layer)",
                 position_histograms(
@@ -365,10 +274,8 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
                     "top_key",
                     figdir / "nobos-sinks.png",
                     "top key per probe sequence, last step",
-                ),  # fmt: skip
-            )
-        )
-        figs.append(
+                ),
+            ),
             (
                 "without BOS: where each sequence's largest activation sits (sink layer)",
                 position_histograms(
@@ -377,12 +284,23 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
                     "argmax_position",
                     figdir / "nobos-argmax.png",
                     "position of max |h|",
-                ),  # fmt: skip
-            )
-        )
-    path = results / "sweep.json"
-    sweep = json.loads(path.read_text()) if path.is_file() else {"sweeps": [], "wall_s": 0.0}
-    total = sum(r.wall_s for r in runs)
+                ),
+            ),
+        ]
+    return figs
+
+
+def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
+    """The massive lab's markdown and figures from its runs (read from ``results``)."""
+    found = by_config([r for r in runs if r.plan in ("controls", "factors")])
+    order = [*CONTROLS, *FACTORS]
+    groups = {k: found[k] for k in order if k in found}
+    groups |= {k: v for k, v in found.items() if k not in order}
+    nobos = by_config([r for r in runs if r.plan == "nobos"])  # configurations are variants
+    about = {r.config: r.meta.get("about", "") for r in runs}
+    base = _seeded(groups.get(BASELINE, []))
+    layer = common_peak_layer(base) if base else 0
+    figs = _figures(groups, nobos, base, layer, runs[0].meta, results, md.with_suffix(""))
     seeds = sorted({r.seed for r in runs})
     lines = [
         "# Massive-activation lab: a learned residual-state peak on one CPU thread",
@@ -393,28 +311,24 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         " Set-up, metrics and every departure from Guo et al.'s setting: "
         "[docs/lab.md](../lab.md#the-massive-activation-lab).",
         "",
-        f"Runs: {len(runs)} ({len(with_bos)} with BOS, {sum(map(len, nobos.values()))} without),"
-        f" seeds {', '.join(map(str, seeds))}, {max(r.steps for r in runs)} steps each; "
-        f"{total / 3600:.1f} CPU-hours of run time (one thread per run, "
-        f"{max((s['jobs'] for s in sweep['sweeps']), default=2)} at a time); sweep wall time "
-        f"{sweep['wall_s'] / 3600:.1f} h over {len(sweep['sweeps'])} invocation(s), on two "
-        f"cores shared with other work (wall times vary). Machine: {meta.get('machine')}, "
-        f"torch {meta.get('torch')}.",
+        f"Runs: {len(runs)} ({sum(map(len, groups.values()))} with BOS, "
+        f"{sum(map(len, nobos.values()))} without), seeds {', '.join(map(str, seeds))}, "
+        f"{max(r.steps for r in runs)} steps each; {sweep_line(runs, results)}",
         "",
-        "Figures are mean ± sd [min–max] over seeds. Criteria: peak = BOS norm after the "
-        f"writer layer > {PEAK_GROWTH}x its step-0 value; controls apart = softmax's BOS norm >= "
-        f"{APART}x the control's for the same seed; on BOS = the largest |h| of the layer on "
-        f"BOS in >= {ON_BOS:.0%} of sequences; sink = top key > {SINK} of the non-trigger rows "
-        f"(each row normalised to one: like with like for sigmoid and ReLU attention); writer "
-        f"layer = the first whose BOS growth is >= {WRITER_SHARE}x the largest. Sun et al.'s "
-        "element rule (|h| > 100 and 1000x the median) is not expected at this width: the lab "
-        "reports norm ratios and Sun's top-1/median instead.",
+        "Figures are mean ± sd [min–max] over seeds. Criteria: peak = BOS norm after the peak "
+        f"layer > {PEAK_GROWTH}x its step-0 value; controls apart = softmax's BOS norm >= "
+        f"{APART}x the control's for the same seed; on BOS = the layer's largest |h| on BOS in "
+        f">= {ON_BOS:.0%} of sequences; sink = top key > {SINK} of the non-trigger rows (each "
+        "row normalised to one: like with like for sigmoid and ReLU attention); peak layer = "
+        "the layer where BOS's norm stands out most from the median other token's at the end. "
+        "Sun et al.'s element rule (|h| > 100 and 1000x the median) is not expected at this "
+        "width: the lab reports norm ratios and Sun's top-1/median instead.",
         "",
         "## Verdicts",
         "",
         *claims(groups, nobos),
         "",
-        f"## With BOS: controls and factors (at layer {layer}, the softmax writer layer)",
+        f"## With BOS: controls and factors (at layer {layer}, softmax's peak layer)",
         "",
         *bos_table(groups, layer, about),
     ]

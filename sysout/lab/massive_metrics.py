@@ -1,0 +1,78 @@
+"""The massive lab's measures of a run, each a function of its committed figures: the growth of
+the BOS residual norm, the layer that holds the peak, the sink's layer, Guo et al.'s curves, and
+the criteria the report judges them by."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+from sysout.lab.runs import LabRunResult
+
+GUO_FILE = "guo2024-bos-norm.csv"
+GUO_TOKENS_PER_STEP = 512 * 256  # their batch x sequence length
+# Criteria (stated in the report).
+PEAK_GROWTH = 2.0  # a peak: BOS norm after the peak layer > this x its step-0 value
+APART = 3.0  # softmax's BOS norm at least this x a control's, seed by seed
+ON_BOS = 0.9  # the largest activation sits on BOS in at least this share of sequences
+SINK = 0.3  # a sink: the top key takes more than this share of the non-trigger rows
+
+
+def bos_norm(run: LabRunResult, layer: int, step: int | None = None) -> float:
+    """||h(BOS)|| after ``layer`` at ``step`` (default: the last probe)."""
+    return run.metric("residual", "first_token_norm", layer, step=step)
+
+
+def bos_growth(run: LabRunResult, layer: int, step: int | None = None) -> float:
+    """||h(BOS)|| after ``layer`` at ``step`` (default: the end) / its step-0 value."""
+    return bos_norm(run, layer, step) / bos_norm(run, layer, min(run.stats))
+
+
+def bos_over_median(run: LabRunResult, layer: int, step: int | None = None) -> float:
+    """||h(BOS)|| / the median other token's norm after ``layer``."""
+    return bos_norm(run, layer, step) / run.metric("residual", "other_norm_median", layer, step)
+
+
+def peak_layer(run: LabRunResult) -> int:
+    """The layer whose output holds the peak at the end: where BOS stands out most from the
+    other tokens (a layer whose every position grows is no BOS peak)."""
+    return max(range(run.n_layer()), key=lambda layer: bos_over_median(run, layer))
+
+
+def common_peak_layer(runs: list[LabRunResult]) -> int:
+    """The peak layer of most runs (seeds)."""
+    return Counter(peak_layer(r) for r in runs).most_common(1)[0][0]
+
+
+def sink_layer(run: LabRunResult) -> int:
+    """The layer whose non-trigger queries put the largest row share on one key."""
+    return max(
+        range(run.n_layer()),
+        key=lambda i: run.metric("heads", "top_key_share_of_row_non_trigger", i),
+    )
+
+
+def sink_share(run: LabRunResult) -> float:
+    return run.metric("heads", "top_key_share_of_row_non_trigger", sink_layer(run))
+
+
+def sun_ratio(run: LabRunResult) -> float:
+    """Sun et al.'s top-1 / median |h|, the largest over layers."""
+    return max(run.metric("activation", "ratio", i) for i in range(run.n_layer()))
+
+
+def first_step_above(run: LabRunResult, layer: int, factor: float) -> int | None:
+    """The first probed step at which the BOS growth after ``layer`` exceeds ``factor``."""
+    return next((s for s in sorted(run.stats) if bos_growth(run, layer, s) > factor), None)
+
+
+def read_guo(folder: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Guo et al.'s committed trajectories (the file's header cites its source)."""
+    path = folder / GUO_FILE
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    steps = [int(r["step"]) for r in rows]
+    return {k: (steps, [float(r[k]) for r in rows]) for k in ("adam", "sgd", "relu_attention")}
