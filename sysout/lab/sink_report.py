@@ -177,7 +177,11 @@ def claims(main: list[LabRunResult], nobos: list[LabRunResult], longer) -> list[
                 f"{_fmt(f['sink_share'])}, slot {_fmt(f['slot'])}, the slot has over half the "
                 f"weight {when}"
             )
-        out.append(text + ".")
+        out.append(
+            text + ". Confounded: with BOS, BOS itself is a free, always-visible key, the "
+            "same thing the slot adds; the no-BOS comparison is the massive lab's "
+            "([massive-lab.md](massive-lab.md))."
+        )
     if nobos:
         first = _values(nobos, "softmax", "l0_non")
         ok = bool(first) and min(first) > SINK_SHARE
