@@ -67,22 +67,23 @@ def _causal_uniform(t: int) -> torch.Tensor:
 
 
 def test_group_statistics_compare_normalised_and_unnormalised_weights_alike():
+    # (shares of the weight spent, pooled: a row that spends nothing weighs nothing)
     t = 6
     uniform = _causal_uniform(t)[None, None]  # [1, 1, T, T]
     every = torch.ones(1, t, dtype=torch.bool)
     base = group_statistics(uniform, every)
     # uniform weights: no preference for position 0, whatever their scale
-    assert base["first_token_vs_uniform"].item() == pytest.approx(1.0)
+    assert base["first_token_weight_vs_uniform"].item() == pytest.approx(1.0)
     assert base["row_weight"].item() == pytest.approx(1.0)
     scaled = group_statistics(0.01 * uniform, every)  # sigmoid-like: rows far below one
     assert scaled["first_token_share"].item() == pytest.approx(0.01 * base["first_token_share"])
-    assert scaled["first_token_share_of_row"].item() == pytest.approx(
-        base["first_token_share_of_row"].item()
+    assert scaled["first_token_share_of_weight"].item() == pytest.approx(
+        base["first_token_share_of_weight"].item()
     )
-    assert scaled["first_token_vs_uniform"].item() == pytest.approx(1.0)
+    assert scaled["first_token_weight_vs_uniform"].item() == pytest.approx(1.0)
     assert scaled["row_weight"].item() == pytest.approx(0.01)
-    assert scaled["top_key_share_of_row"].item() == pytest.approx(
-        base["top_key_share_of_row"].item()
+    assert scaled["top_key_share_of_weight"].item() == pytest.approx(
+        base["top_key_share_of_weight"].item()
     )
     # a sink: every query puts 0.9 of its row on position 0 and the rest evenly elsewhere
     sink = torch.zeros(t, t)
@@ -92,11 +93,19 @@ def test_group_statistics_compare_normalised_and_unnormalised_weights_alike():
     later = torch.zeros(1, t, dtype=torch.bool)
     later[0, 1:] = True
     s = group_statistics(0.5 * sink[None, None], later)  # half the weight on a slot
-    assert s["first_token_share_of_row"].item() == pytest.approx(0.9)
-    assert s["top_key_share_of_row"].item() == pytest.approx(0.9)  # the sink is the top key
+    assert s["first_token_share_of_weight"].item() == pytest.approx(0.9)
+    assert s["top_key_share_of_weight"].item() == pytest.approx(0.9)  # the sink is the top key
     assert s["row_weight"].item() == pytest.approx(0.5)
-    vs = sum(0.9 * (i + 1) for i in range(1, t)) / (t - 1)
-    assert s["first_token_vs_uniform"].item() == pytest.approx(vs)
+    # position 0 gets 0.45 of each later row; spread evenly it would get 0.5 / (i + 1)
+    vs = 0.45 * (t - 1) / sum(0.5 / (i + 1) for i in range(1, t))
+    assert s["first_token_weight_vs_uniform"].item() == pytest.approx(vs)
+    # a head that does nothing by spending nothing (sigmoid's way) has no sink, even where its
+    # rounding noise all lands on position 0: rows of 1e-9 there weigh nothing
+    quiet = torch.zeros(t, t)
+    quiet[:, 0] = 1e-9
+    quiet[t - 1] = 1.0 / t  # one query spends weight, evenly
+    q = group_statistics(quiet[None, None], later)
+    assert q["top_key_share_of_weight"].item() == pytest.approx(1.0 / t, rel=1e-3)
 
 
 def test_each_samples_top_key_is_reported_with_its_mode():

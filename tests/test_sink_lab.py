@@ -154,7 +154,7 @@ def test_sigmoid_makes_no_sink(compose_train, seed: int) -> None:
     for layer in _layers(last):
         # Like with like: each row's weights normalised to one (sigmoid's do not sum to one, and
         # an absolute weight near 1/T is what initialisation already gives).
-        top = read_metric(last, "heads", "top_key_share_of_row_non_trigger", layer)
+        top = read_metric(last, "heads", "top_key_share_of_weight_non_trigger", layer)
         assert top < 0.3, (layer, top)
 
 
@@ -210,7 +210,9 @@ def test_sink_report_from_committed_files(tmp_path, shared_dir) -> None:
                 )
                 got[metric_key("activation", "first_token_norm_ratio", layer)] = 0.5 + layer
                 got[metric_key("activation", "ratio", layer)] = 8.0
-                got[metric_key("heads", "top_key_share_of_row_non_trigger", layer)] = max(s, 0.05)
+                got[metric_key("heads", "top_key_share_of_weight_non_trigger", layer)] = max(
+                    s, 0.05
+                )
             return got
 
         return plant

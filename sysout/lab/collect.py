@@ -5,7 +5,9 @@ For each run, under ``<results>/runs/<plan>/``:
 - ``<config>_s<seed>.csv``: one row per measured optimizer step: the validation losses and the
   probe's figures the lab reports (per layer: the residual-state peak and where max |h| sits,
   Sun et al.'s top-1 / median, the attention shares of every query group, the extra slot's
-  weight, each sample's top key, the value drain), from the run's CSV log;
+  weight, each sample's top key, the value drain), from the run's CSV log, completed at each
+  saved checkpoint (``checkpoints/steps/``, ``last.ckpt``) by the current probe: a figure the
+  probe gained after the run was trained is measured on its weights, never left out;
 - ``<config>_s<seed>.final.csv``: at the last step, per layer and probe sequence, the top key
   (where that sequence's sink sits) and where max |h| sits: the histograms of the report;
 - ``<config>_s<seed>.json``: the run's record (configuration, overrides, seed, steps, wall time,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -187,23 +190,65 @@ def _probe_windows(cfg: Any) -> int | None:
     return int(value) if value is not None else ProbeOptions().windows
 
 
+def checkpoint_figures(folder: Path, bos: bool, windows: int) -> dict[int, dict[str, float]]:
+    """The current probe's kept figures on every saved checkpoint of a run, by optimizer step:
+    ``checkpoints/steps/step*.ckpt`` and ``checkpoints/last.ckpt``."""
+    from sysout.model.checkpoint import load_gpt_checkpoint
+
+    paths = sorted((folder / "checkpoints" / "steps").glob("step*.ckpt"))
+    last = folder / "checkpoints" / "last.ckpt"
+    out: dict[int, dict[str, float]] = {}
+    for path in [*paths, last] if last.is_file() else paths:
+        ckpt = load_gpt_checkpoint(path)
+        report = probe_bigram_backcopy(ckpt.model, bos, windows)
+        out[int(ckpt.step or 0)] = {k: v for k, v in report.scalars().items() if kept(k)}
+    return out
+
+
+def merge_checkpoint_figures(
+    rows: list[dict[str, float]], measured: dict[int, dict[str, float]]
+) -> list[dict[str, float]]:
+    """The log's rows with the figures they lack added from ``measured`` at the same step (a
+    step the log has no row for gets one). Only figures the current probe measures are kept (a
+    statistic renamed or redefined since the run was trained never survives under its old
+    name); a figure both have keeps the logged value, and the two must agree (the same probe on
+    the same weights), else ValueError."""
+    current = {k for figures in measured.values() for k in figures}
+    keep = lambda key: key == "step" or key.startswith("val/") or not current or key in current
+    by_step = {int(r["step"]): {k: v for k, v in r.items() if keep(k)} for r in rows}
+    for step, figures in measured.items():
+        row = by_step.setdefault(step, {"step": float(step)})
+        for key, value in figures.items():
+            if key not in row:
+                row[key] = value
+            elif not math.isclose(row[key], value, rel_tol=1e-3, abs_tol=1e-6):
+                raise ValueError(
+                    f"{key} at step {step}: logged {row[key]:.6g}, measured on the checkpoint "
+                    f"{value:.6g}: the checkpoint is not the weights the run probed"
+                )
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def collect_run(folder: Path, record: dict[str, Any], results: Path) -> Path:
     """Write a finished run's committed files under ``results``; returns the per-step CSV."""
     stem = results / "runs" / record["plan"] / f"{record['config']}_s{record['seed']}"
     rows = read_log(folder / "csv" / "metrics.csv")
     if not rows:
         raise ValueError(f"{folder}: the CSV log has no probe or validation rows")
+    settings = _run_settings(folder)
+    windows = settings.get("probe_windows") or 8
+    rows = merge_checkpoint_figures(rows, checkpoint_figures(folder, bool(record["bos"]), windows))
     write_rows(stem.with_suffix(".csv"), rows)
     last = folder / "checkpoints" / "last.ckpt"
     if last.is_file():
-        final = final_positions(last, bool(record["bos"]))
+        final = final_positions(last, bool(record["bos"]), windows)
         with open(stem.with_suffix(".final.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FINAL_COLUMNS)
             writer.writeheader()
             writer.writerows(final)
     meta = {
         **record,
-        **_run_settings(folder),
+        **settings,
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,

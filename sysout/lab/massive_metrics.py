@@ -49,12 +49,12 @@ def sink_layer(run: LabRunResult) -> int:
     """The layer whose non-trigger queries put the largest row share on one key."""
     return max(
         range(run.n_layer()),
-        key=lambda i: run.metric("heads", "top_key_share_of_row_non_trigger", i),
+        key=lambda i: run.metric("heads", "top_key_share_of_weight_non_trigger", i),
     )
 
 
 def sink_share(run: LabRunResult) -> float:
-    return run.metric("heads", "top_key_share_of_row_non_trigger", sink_layer(run))
+    return run.metric("heads", "top_key_share_of_weight_non_trigger", sink_layer(run))
 
 
 def sun_ratio(run: LabRunResult) -> float:

@@ -43,7 +43,7 @@ def row_figures(run: LabRunResult) -> dict[str, float | None]:
         "peak": sink_layer_value(s, n, "residual_peak"),
         "maxh": max(run.metric("activation", "ratio", i) for i in range(n)),
         "top_row": max(
-            run.metric("heads", "top_key_share_of_row_non_trigger", i) for i in range(n)
+            run.metric("heads", "top_key_share_of_weight_non_trigger", i) for i in range(n)
         ),
     }
 

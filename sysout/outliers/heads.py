@@ -11,11 +11,12 @@ m[b, h, j] = sum_i P[b, h, i, j] (the variant's own weights):
   from the same layer and the same queries, figures that compare like with like across
   variants whose weights need not sum to one: ``row_weight`` (mean of sum_j P[i, j] over the
   real keys: 1 for softmax, 1 - the slot's weight for kv_bias / sink_logit / softmax1, anything
-  for sigmoid and ReLU attention), ``first_token_share_of_row`` (mean of P[i, 0] / sum_j P[i, j]:
-  position 0's share of what the row spends on real keys) and ``first_token_vs_uniform`` (that
-  share times the i + 1 keys query i sees: 1 is no preference, so "no sink" does not hinge on an
-  absolute weight that initialisation already meets), ``top_key_share_of_row`` (the same share
-  for each sample's most-attended key, wherever it sits);
+  for sigmoid and ReLU attention), ``first_token_share_of_weight`` (position 0's share of all the
+  weight the group's queries spend on real keys), ``top_key_share_of_weight`` (the same for each
+  sample's most-attended key, wherever it sits) and ``first_token_weight_vs_uniform`` (position 0's
+  weight over what it would get if every query spread its weight evenly over the i + 1 keys it
+  sees: 1 is no preference), so that "no sink" does not hinge on an absolute weight that
+  initialisation already meets (about 1/T per key);
 - **value-state drain / large keys**: ||x[b, h, t]|| at the first token, and at each head's
   top-mass key, divided by the median over positions of ||x[b, h, t]||, for x in q, k, v,
   averaged over samples (An et al. 2025: sink tokens have large keys and small values).
@@ -81,27 +82,30 @@ def _norm_ratio_at(x: Tensor, positions: Tensor) -> Tensor:
 
 
 def group_statistics(weights: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """Per-head figures over the queries of one group (mask [B, Tq]) of weights [B, H, Tq, Tk]
-    on the real keys (keys aligned at the end, as :func:`~sysout.attention.causal_mask`)."""
+    """Per-head figures [H] over the queries of one group (mask [B, Tq]) of weights
+    [B, H, Tq, Tk] on the real keys (keys aligned at the end, as
+    :func:`~sysout.attention.causal_mask`).
+
+    The shares are of the weight the group's queries spend in all, pooled over queries and
+    samples, so that a query which spends almost nothing (a sigmoid or ReLU head that does
+    nothing by outputting zeros) weighs almost nothing, where averaging normalised rows would
+    let its rounding noise elect a "sink"."""
     w = weights.detach().float()
     tq, tk = w.shape[-2:]
     m = mask.to(device=w.device, dtype=torch.float32)[:, None, :]  # [B, 1, Tq]
-    count = m.sum().clamp_min(1.0)
     row = w.sum(dim=-1)  # [B, H, Tq]
-    of_row = torch.where(row > 0, w[..., 0] / row.clamp_min(1e-30), 0.0)
+    per_key = (w * m[..., None]).sum(dim=2)  # [B, H, Tk]: weight the group puts on each key
+    spent = per_key.sum(dim=(0, 2)).clamp_min(1e-30)  # [H]
+    # What position 0 would get if each query spread its row evenly over the keys it sees.
     visible = torch.arange(tq, device=w.device, dtype=torch.float32) + 1 + (tk - tq)
-    mean = lambda x: ((x * m).sum(dim=(0, 2)) / count).cpu()
-    # Each sample's top key by the rows' shares (each query's row normalised to one), as a
-    # share of the group's queries in that sample: where the sink sits, like with like.
-    shares = torch.where(row[..., None] > 0, w / row[..., None].clamp_min(1e-30), 0.0)
-    per_key = (shares * m[..., None]).sum(dim=2)  # [B, H, Tk]
-    top = per_key.amax(dim=-1) / m.sum(dim=2).clamp_min(1.0)  # [B, H]
+    uniform_first = ((row / visible) * m).sum(dim=(0, 2)).clamp_min(1e-30)
+    first = per_key[..., 0].sum(dim=0)
     return {
-        "first_token_share": mean(w[..., 0]),
-        "row_weight": mean(row),
-        "first_token_share_of_row": mean(of_row),
-        "first_token_vs_uniform": mean(of_row * visible),
-        "top_key_share_of_row": top.mean(dim=0).cpu(),
+        "first_token_share": ((w[..., 0] * m).sum(dim=(0, 2)) / m.sum().clamp_min(1.0)).cpu(),
+        "row_weight": ((row * m).sum(dim=(0, 2)) / m.sum().clamp_min(1.0)).cpu(),
+        "first_token_share_of_weight": (first / spent).cpu(),
+        "top_key_share_of_weight": (per_key.amax(dim=-1).sum(dim=0) / spent).cpu(),
+        "first_token_weight_vs_uniform": (first / uniform_first).cpu(),
     }
 
 
