@@ -133,3 +133,18 @@ def test_lightnings_litlogger_tip_stays_off_the_console() -> None:
         logger.removeHandler(handler)
     assert any("GPU available" in r for r in records)  # the handler does see Lightning's lines
     assert not any("litlogger" in r for r in records)
+
+
+def test_a_machine_without_network_learns_it_at_once(monkeypatch) -> None:
+    """Without HF_HUB_OFFLINE and without network, an uncached hub model fails in one quick
+    check of the hub, not after transformers' half-minute of printed retries."""
+    import time
+
+    from sysout.adapters import hf_load
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_load, "hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
+    with pytest.raises(hf_load.HFLoadError, match="no network to the hub and not in the local"):
+        hf_load.load_config("sysout-test/not-a-cached-model")
+    assert time.perf_counter() - start < 5

@@ -75,6 +75,22 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP
+    connection: a machine without network learns it in seconds, where transformers would retry
+    for half a minute and print each retry."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_config(name: str) -> Any:
     """The model's config, or an :class:`HFLoadError` saying why not."""
     from transformers import AutoConfig
@@ -89,18 +105,28 @@ def load_config(name: str) -> Any:
                 f"hf:{name}: the folder {path.resolve()} has no config.json; expected a "
                 "save_pretrained folder (config.json + model weights [+ tokenizer files])"
             )
+    offline = _offline()
     try:
-        return AutoConfig.from_pretrained(str(path) if looks_local else name)
+        if not looks_local and not offline:
+            try:  # the local cache first: no network needed for a model already downloaded
+                return AutoConfig.from_pretrained(name, local_files_only=True)
+            except OSError:
+                offline = not hub_reachable()
+        return AutoConfig.from_pretrained(
+            str(path) if looks_local else name, local_files_only=offline
+        )
     except Exception as err:  # noqa: BLE001  (OSError, ValueError, hub errors)
         where = (
             "offline (HF_HUB_OFFLINE=1) and not in the local Hugging Face cache"
             if _offline()
+            else "no network to the hub and not in the local Hugging Face cache"
+            if offline
             else "not found on the hub or unreachable"
         )
         # Offline, an OSError only says again that it is not cached; any other cause is news.
         cause = (
             ""
-            if _offline() and isinstance(err, OSError)
+            if offline and isinstance(err, OSError)
             else f" ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
         )
         # What to do comes last: it is the line a person reads first when the script stops.
