@@ -48,6 +48,9 @@ def test_tiny_run_loss_falls_and_writes_checkpoints(compose_train, tmp_path) -> 
     assert sum(train_losses[-5:]) / 5 < train_losses[0] - 2.0  # from ~ln(50304) = 10.8
     assert val_losses[-1] < val_losses[0] < 10.5
     assert metrics["val/loss"] == pytest.approx(val_losses[-1], rel=1e-5)
+    # the gradient norm clipping would see, logged at the logging interval
+    grad_norms = [float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")]
+    assert grad_norms and all(0 < g < float("inf") for g in grad_norms)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert len(list((tmp_path / "checkpoints").glob("step*.ckpt"))) == 1  # the best by val/loss
 

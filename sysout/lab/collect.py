@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,20 @@ def final_positions(checkpoint: Path, bos: bool, windows: int = 32) -> list[dict
     return rows
 
 
+def grad_norms(metrics_csv: Path) -> dict[str, float]:
+    """The gradient norms the run logged before any clipping (``train/grad_norm``, at the
+    logging interval): how many, the median and the largest. Empty for runs that predate it."""
+    with open(metrics_csv) as f:
+        norms = [float(r["train/grad_norm"]) for r in csv.DictReader(f) if r.get("train/grad_norm")]
+    if not norms:
+        return {}
+    return {
+        "grad_norm_logged": len(norms),
+        "grad_norm_median": round(statistics.median(norms), 6),
+        "grad_norm_max": round(max(norms), 6),
+    }
+
+
 def _run_settings(folder: Path) -> dict[str, Any]:
     """The composed config's sizes the report needs (tokens per step)."""
     from omegaconf import OmegaConf
@@ -174,6 +189,7 @@ def _run_settings(folder: Path) -> dict[str, Any]:
         "lr": float(cfg.optim.lr),
         "optimizer": str(cfg.optim.get("name", "adamw")),
         "gradient_clip_val": cfg.trainer.get("gradient_clip_val"),
+        "log_every_n_steps": int(cfg.trainer.get("log_every_n_steps") or 50),
         "probe_windows": _probe_windows(cfg),
     }
 
@@ -249,6 +265,7 @@ def collect_run(folder: Path, record: dict[str, Any], results: Path) -> Path:
     meta = {
         **record,
         **settings,
+        **grad_norms(folder / "csv" / "metrics.csv"),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,

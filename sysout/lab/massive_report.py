@@ -167,6 +167,20 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
     if name == "clip":
         ok = min(grown) > PEAK_GROWTH
         what, crit = "Gradient clipping at 1.0 leaves the peak", f"clipped growth > {PEAK_GROWTH}x"
+        same = sum(r.final_stats() == c.final_stats() for r, c in pairs)
+        logged = [r.meta["grad_norm_max"] for r, _ in pairs if "grad_norm_max" in r.meta]
+        norms = (
+            f"; the largest gradient norm the unclipped runs logged (every "
+            f"{pairs[0][0].meta.get('log_every_n_steps', 50)} steps) is {spread(logged, 3)}"
+            if logged
+            else ""
+        )
+        return [
+            f"- **{what}** ({crit}, layer {layer}): {'supported' if ok else 'not supported'} — "
+            f"clip's growth {spread(grown)}, softmax / clip {spread(ratio)}; the clipped and "
+            f"unclipped runs end with identical figures in {same} of {len(pairs)} seed pairs"
+            f"{norms}: clipping by norm at 1.0 only acts on a gradient norm above 1.0."
+        ]
     else:
         ok = min(ratio) >= APART
         flat = {"sgd": "SGD", "relu_attention": "ReLU attention"}

@@ -86,6 +86,18 @@ class GPTLitModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=x.size(0))
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Log the gradient norm the clipping sees (before it clips), at the logging interval:
+        whether ``trainer.gradient_clip_val`` ever engages is a fact of the run, not a guess.
+        Not under FSDP, where each rank holds a shard of the gradients."""
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            return
+        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
