@@ -152,8 +152,39 @@ def _peak_claims(base: list[LabRunResult], layer: int) -> list[str]:
         f"{spread([bos_over_median(r, layer) for r in base])}.",
         f"- **The largest activation of layer {layer} sits on BOS** (in >= {ON_BOS:.0%} of the "
         f"probe sequences, every seed): {'supported' if min(on) >= ON_BOS else 'not supported'} "
-        f"— {spread(on)}; in one dimension per seed (share of sequences in the modal one: "
-        f"{spread(dim_share)}), {len(dims)} distinct dimension(s) over {len(base)} seeds.",
+        f"— {spread(on)}; the modal dimension holds it in {spread(dim_share)} of the sequences, "
+        f"{len(dims)} distinct modal dimension(s) over {len(base)} seeds.",
+    ]
+
+
+def _guo_line(
+    base: list[LabRunResult], layer: int, guo: dict[str, tuple[list[int], list[float]]]
+) -> list[str]:
+    """Guo et al.'s AdamW growth at the end, at the tokens this lab's runs see, and the tokens
+    they needed for this lab's growth."""
+    if "adam" not in guo or not base:
+        return []
+    steps, values = guo["adam"]
+    meta = base[0].meta
+    tokens = base[0].steps * int(meta.get("block_size", 256)) * int(meta.get("batch_size", 32))
+    theirs = min(steps, key=lambda s: abs(s * GUO_TOKENS_PER_STEP - tokens))
+    at = values[steps.index(theirs)] / values[0]
+    ours = statistics.fmean(bos_growth(r, layer) for r in base)
+    reach = next((s for s, v in zip(steps, values) if v / values[0] >= ours), None)
+    needed = (
+        f"they reach this lab's mean growth ({ours:.2f}x) at step {reach} "
+        f"({reach * GUO_TOKENS_PER_STEP / 1e9:.2f}B tokens, "
+        f"{reach * GUO_TOKENS_PER_STEP / tokens:.0f}x this lab's)"
+        if reach is not None
+        else f"they never reach this lab's mean growth ({ours:.2f}x)"
+    )
+    return [
+        f"- **Against Guo et al.** (their committed AdamW run, width 256, batch 512, lr 3e-4, "
+        f"layer 0): {values[-1] / values[0]:.2f}x its step-0 value at step {steps[-1]} "
+        f"({steps[-1] * GUO_TOKENS_PER_STEP / 1e9:.1f}B tokens); at the {tokens / 1e6:.0f}M "
+        f"tokens this lab's runs see (their step {theirs}) it had grown {at:.2f}x; {needed}: "
+        "the lab's higher rate and smaller batch grow the peak on far fewer tokens (figure "
+        "below)."
     ]
 
 
@@ -235,13 +266,17 @@ def _nobos_claims(nobos: dict[str, list[LabRunResult]]) -> list[str]:
     return out
 
 
-def claims(groups: dict[str, list[LabRunResult]], nobos: dict[str, list[LabRunResult]]):
+def claims(
+    groups: dict[str, list[LabRunResult]],
+    nobos: dict[str, list[LabRunResult]],
+    guo: dict[str, tuple[list[int], list[float]]] | None = None,
+) -> list[str]:
     """The verdicts, each with its criterion and the per-seed figures behind it."""
     base = _seeded(groups.get(BASELINE, []))
     if not base:
         return ["- No softmax baseline runs: nothing to judge."]
     layer = common_peak_layer(base)
-    out = _peak_claims(base, layer)
+    out = _peak_claims(base, layer) + _guo_line(base, layer, guo or {})
     for name in CONTROLS[1:]:
         out += _control_claim(base, groups.get(name, []), name, layer)
     for name in FACTORS:
@@ -340,7 +375,7 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         "",
         "## Verdicts",
         "",
-        *claims(groups, nobos),
+        *claims(groups, nobos, read_guo(results)),
         "",
         f"## With BOS: controls and factors (at layer {layer}, softmax's peak layer)",
         "",
