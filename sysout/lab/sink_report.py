@@ -253,7 +253,7 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         *claims(main, nobos, longer),
     ]
     for title, group in (
-        ("With BOS (ten variants x seeds)", main),
+        (f"With BOS ({len({r.variant for r in main})} variants x seeds)", main),
         ("Without BOS (`data.bos=false`: position 0 is an ordinary character)", nobos),
         ("Longer runs", longer),
     ):
