@@ -108,3 +108,37 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
     assert (results / "growth-controls.png").stat().st_size > 1000
     # the same files give the same report: it is a function of the committed data alone
     assert write_report(results).read_text() == text
+
+
+def test_sweep_skips_only_runs_committed_by_the_same_command(tmp_path, monkeypatch):
+    from sysout.lab import sweep
+
+    run = lab_plan("massive_lab", ["controls"], [2])[0]
+    results, out = tmp_path / "results", tmp_path / "out"
+    stem = results / "runs" / run.plan / f"{run.config.name}_s{run.seed}"
+    stem.parent.mkdir(parents=True)
+    trained: list[list[str]] = []
+
+    class Done:
+        returncode = 1  # a failed run is not collected, so no fake log is needed
+
+    def fake_train(cmd, **_):
+        trained.append(cmd)
+        return Done()
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_train)
+    # Committed by the same overrides on another machine (another output folder): skipped.
+    other = " ".join(["train.py", *run.overrides(Path("/elsewhere"))])
+    stem.with_suffix(".json").write_text(
+        json.dumps({"returncode": 0, "wall_s": 9.0, "command": other})
+    )
+    assert sweep.run_one(run, out, results)["wall_s"] == 9.0 and trained == []
+    # ... unless asked to redo it.
+    assert sweep.run_one(run, out, results, redo=True)["returncode"] == 1 and len(trained) == 1
+    # Committed by a different command (another step count): trained again.
+    longer = " ".join(["train.py", *run.overrides(out)]).replace("max_steps=5000", "max_steps=6000")
+    stem.with_suffix(".json").write_text(
+        json.dumps({"returncode": 0, "wall_s": 9.0, "command": longer})
+    )
+    (out / run.name / "run.json").unlink()
+    assert sweep.run_one(run, out, results)["returncode"] == 1 and len(trained) == 2

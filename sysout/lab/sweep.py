@@ -4,7 +4,9 @@ Each run is ``train.py experiment=<experiment>`` in its own process on one CPU t
 CSV logger, in ``<out>/<plan>/<config>_s<seed>/``; ``--jobs`` run at once. As each run finishes,
 its committed files are written under ``--results`` (:mod:`sysout.lab.collect`), so an
 interrupted sweep loses nothing finished and resumes where it stopped: a run whose ``run.json``
-says it finished is skipped. Then ``python -m sysout.lab.report <results>`` writes the report.
+says it finished is collected again, not retrained, and a run whose committed files were written
+by the same command (another machine's sweep, a fresh clone) is skipped; ``--redo`` retrains both.
+Then ``python -m sysout.lab.report <results>`` writes the report.
 """
 
 from __future__ import annotations
@@ -38,11 +40,36 @@ def _record(run: LabRun) -> dict:
     }
 
 
-def run_one(run: LabRun, out: Path, results: Path | None, threads: int = 1) -> dict:
+def _settings(command: str) -> list[str]:
+    """A run command's overrides, less where it wrote (the same run on another machine)."""
+    return [arg for arg in command.split()[1:] if not arg.startswith("hydra.run.dir=")]
+
+
+def committed(run: LabRun, out: Path, results: Path | None) -> dict | None:
+    """The committed record of ``run`` when its files were written by the same command."""
+    if results is None:
+        return None
+    path = results / "runs" / run.plan / f"{run.config.name}_s{run.seed}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    wanted = _settings(" ".join(["train.py", *run.overrides(out)]))
+    same = record.get("returncode") == 0 and _settings(record.get("command", "")) == wanted
+    return record if same else None
+
+
+def run_one(
+    run: LabRun, out: Path, results: Path | None, threads: int = 1, redo: bool = False
+) -> dict:
     """Train one run (unless it finished before), then collect its committed files."""
     folder = out / run.name
     record_path = folder / "run.json"
-    if record_path.is_file() and json.loads(record_path.read_text()).get("returncode") == 0:
+    done_before = None if redo else committed(run, out, results)
+    if done_before is not None and not record_path.is_file():
+        print(f"{run.name:36s} {done_before['wall_s']:7.1f} s  committed before", flush=True)
+        return done_before
+    finished = record_path.is_file() and json.loads(record_path.read_text()).get("returncode") == 0
+    if finished and not redo:
         info = json.loads(record_path.read_text())
     else:
         folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "--extra", action="append", default=[], help="a further train.py override (repeatable)"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the runs and stop")
+    parser.add_argument(
+        "--redo", action="store_true", help="retrain runs that finished or were committed before"
+    )
     args = parser.parse_args(argv)
     exp = args.experiment
     out = args.out or ROOT / "outputs" / "lab" / exp
@@ -137,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.sort(key=lambda r: (-r.steps, r.seed))
     start = time.time()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        infos = list(pool.map(lambda r: run_one(r, out, results), runs))
+        infos = list(pool.map(lambda r: run_one(r, out, results, redo=args.redo), runs))
     failed = [i for i in infos if i["returncode"] != 0]
     record_sweep(results / "sweep.json", time.time() - start, len(runs), len(failed), args.jobs)
     print(f"sweep done in {time.time() - start:.0f} s; {len(failed)} failed", flush=True)
