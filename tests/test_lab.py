@@ -105,6 +105,10 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
     assert ": not supported — softmax / relu_attention" in text  # seed 1 is 2.67 < 3
     assert "| softmax | AdamW" not in text  # 'about' comes from the record: here the name
     assert "## Without BOS" in text
+    # what the plan still lacks, seed by seed (3 configurations x 3 seeds + no-BOS softmax x 3)
+    assert "Coverage: 12 of the 65 planned runs" in text
+    assert "controls/softmax (seeds 4-5); controls/sgd (seeds 4-5)" in text
+    assert "controls/clip (seeds 1-5)" in text and "nobos/kv_bias (seeds 1-5)" in text
     assert (results / "growth-controls.png").stat().st_size > 1000
     # the same files give the same report: it is a function of the committed data alone
     assert write_report(results).read_text() == text

@@ -35,7 +35,7 @@ from sysout.lab.massive_metrics import (
 )
 from sysout.lab.plans import BASELINE, parking_variants
 from sysout.lab.runs import LabRunResult, shown
-from sysout.lab.text import fmt, markdown_table, spread, sweep_line
+from sysout.lab.text import coverage_line, fmt, markdown_table, spread, sweep_line
 
 CONTROLS = ("softmax", "sgd", "relu_attention", "clip")
 FACTORS = ("gelu", "tied", "gpt2_init")
@@ -363,6 +363,8 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         f"Runs: {len(runs)} ({sum(map(len, groups.values()))} with BOS, "
         f"{sum(map(len, nobos.values()))} without), seeds {', '.join(map(str, seeds))}, "
         f"{max(r.steps for r in runs)} steps each; {sweep_line(runs, results)}",
+        "",
+        coverage_line("massive_lab", runs, "make massive-lab"),
         "",
         "Figures are mean ± sd [min–max] over seeds. Criteria: peak = BOS norm after the peak "
         f"layer > {PEAK_GROWTH}x its step-0 value; controls apart = softmax's BOS norm >= "

@@ -6,12 +6,12 @@ figures per step, :mod:`sysout.lab.collect`); written by ``python -m sysout.lab.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 from sysout.lab.plans import parking_variants
 from sysout.lab.runs import LabRunResult, shown
 from sysout.lab.sink_figures import longer_curves, sink_layer_value, training_curves
+from sysout.lab.text import coverage_line
 
 # The criteria the claims are judged by (stated in the report).
 SINK_SHARE = 0.3  # a sink: mean non-trigger weight on position 0 above this
@@ -231,10 +231,12 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         f"{', '.join(map(str, seeds))}; {total / 60:.0f} minutes of run time in all (one thread "
         f"per run, {max((s['jobs'] for s in sweep['sweeps']), default=2)} at a time); sweep wall "
         f"time {sweep.get('wall_s', float('nan')) / 60:.0f} min ({len(sweep['sweeps'])} "
-        f"invocation(s)). Machine: {platform.machine()}, torch "
+        f"invocation(s)). Machine: {runs[0].meta.get('machine', '?')}, torch "
         f"{runs[0].meta.get('torch', '?')}; two cores shared with other work, so wall times "
         "vary. Sink statistics from the probe's figures at its last step (8 fixed validation "
         "sequences).",
+        "",
+        coverage_line("sink_lab", runs, "make lab"),
         "",
         "Columns: final validation loss minus the true distribution's loss (nats/token); model "
         "loss at trigger and non-trigger positions; mean weight on position 0 in layer 0 over "

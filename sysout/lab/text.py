@@ -6,7 +6,10 @@ import json
 import statistics
 from pathlib import Path
 
+from sysout.lab.plans import PLANS, lab_plan
 from sysout.lab.runs import LabRunResult
+
+PLANNED_SEEDS = (1, 2, 3, 4, 5)  # what `make lab` / `make massive-lab` run (--seeds)
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -46,4 +49,35 @@ def sweep_line(runs: list[LabRunResult], results: Path) -> str:
         f"wall time {sweep['wall_s'] / 3600:.1f} h over {len(sweep['sweeps'])} invocation(s), "
         "on two cores shared with other work (wall times vary). Machine: "
         f"{meta.get('machine', '?')}, torch {meta.get('torch', '?')}."
+    )
+
+
+def _seed_ranges(seeds: list[int]) -> str:
+    """1, 2, 3, 5 -> '1-3, 5'."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def coverage_line(experiment: str, runs: list[LabRunResult], make: str) -> str:
+    """How much of the planned sweep (every plan, seeds 1-5) the committed files hold, and
+    which configurations lack which seeds: a verdict over fewer seeds says so here."""
+    planned = lab_plan(experiment, list(PLANS[experiment]), list(PLANNED_SEEDS))
+    done = {(r.plan, r.config, r.seed) for r in runs}
+    missing: dict[str, list[int]] = {}
+    for run in planned:
+        if (run.plan, run.config.name, run.seed) not in done:
+            missing.setdefault(f"{run.plan}/{run.config.name}", []).append(run.seed)
+    held = len(planned) - sum(map(len, missing.values()))
+    if not missing:
+        return f"Coverage: all {len(planned)} planned runs (every plan, seeds 1-5) are committed."
+    absent = "; ".join(f"{name} (seeds {_seed_ranges(s)})" for name, s in missing.items())
+    return (
+        f"Coverage: {held} of the {len(planned)} planned runs (every plan, seeds 1-5) are "
+        f"committed; not yet run: {absent}. `{make}` runs them (committed runs are skipped) and "
+        "rewrites this report; until then each verdict holds for the seeds it names."
     )
