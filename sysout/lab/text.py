@@ -76,8 +76,12 @@ def coverage_line(experiment: str, runs: list[LabRunResult], make: str) -> str:
     if not missing:
         return f"Coverage: all {len(planned)} planned runs (every plan, seeds 1-5) are committed."
     absent = "; ".join(f"{name} (seeds {_seed_ranges(s)})" for name, s in missing.items())
+    todo = len(planned) - held
+    per_run = statistics.fmean(r.wall_s for r in runs) if runs else float("nan")
     return (
         f"Coverage: {held} of the {len(planned)} planned runs (every plan, seeds 1-5) are "
-        f"committed; not yet run: {absent}. `{make}` runs them (committed runs are skipped) and "
-        "rewrites this report; until then each verdict holds for the seeds it names."
+        f"committed; not yet run: {absent}. `{make}` runs them (committed runs are skipped; at "
+        f"the committed runs' mean of {per_run / 60:.0f} min per run, about "
+        f"{todo * per_run / 2 / 3600:.1f} h on two cores) and rewrites this report; until then "
+        "each verdict holds for the seeds it names."
     )
