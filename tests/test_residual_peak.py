@@ -17,7 +17,12 @@ from sysout.outliers.keys import (
     read_metric,
     summary_key,
 )
-from sysout.outliers.residual import residual_peak, value_out_norms, value_out_stats
+from sysout.outliers.residual import (
+    first_query_stats,
+    residual_peak,
+    value_out_norms,
+    value_out_stats,
+)
 
 
 def test_residual_peak_norms_and_argmax_locations_on_known_values():
@@ -147,3 +152,29 @@ def test_bigram_backcopy_token_classes(shared_dir):
     assert task.token_class(5, index[","]) == "delimiter"
     assert task.token_class(5, index["q"]) == "ordinary"
     assert set(TOKEN_CLASSES) == {"bos", "trigger", "delimiter", "ordinary"}
+
+
+def test_first_query_figures_follow_query_zero_alone():
+    torch.manual_seed(0)
+    b, h, t, d = 2, 3, 5, 4
+    q, k, v = (torch.randn(b, h, t, d, dtype=torch.float64) for _ in range(3))
+    w = torch.randn(7, h * d, dtype=torch.float64)  # W_O [C, H*d]
+    s = (q @ k.transpose(-1, -2)) / d**0.5
+    causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    # softmax: query 0 sees only key 0 with weight one, so it writes exactly W_O v_0
+    soft = torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
+    got = first_query_stats(soft, v, w)
+    assert got["first_query_weight"] == pytest.approx(1.0)
+    ref = value_out_stats(v, w)["first_token_value_out_norm"]
+    assert got["first_query_out_norm"] == pytest.approx(ref)
+    # ReLU attention (Guo et al.): relu(s_00) / 1, unbounded; |relu(s_00)| scales W_O v_0
+    relu = torch.relu(s.masked_fill(~causal, 0.0)) / torch.arange(1, t + 1)[:, None]
+    got = first_query_stats(relu, v, w)
+    s00 = torch.relu(s[:, :, 0, 0])  # [B, H]
+    assert got["first_query_weight"] == pytest.approx(s00.mean().item())
+    written = torch.stack([w @ (s00[i, :, None] * v[i, :, 0]).reshape(-1) for i in range(b)])
+    assert got["first_query_out_norm"] == pytest.approx(written.norm(dim=-1).mean().item())
+    # two queries aligned with the last of four keys (a cache): query 0 sees keys 0..2
+    cached = torch.rand(b, h, 2, 4, dtype=torch.float64)
+    got = first_query_stats(cached, v[:, :, :4], w)
+    assert got["first_query_weight"] == pytest.approx(cached[:, :, 0, :3].sum(-1).mean().item())

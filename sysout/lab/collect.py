@@ -45,6 +45,8 @@ KEPT = {
         "top_key_first_token_share",
         "first_token_value_out_norm",
         "first_token_value_out_ratio",
+        "first_query_weight",
+        "first_query_out_norm",
     ),
     "summary": ("max_top1", "max_top1_ratio", "max_first_token_norm_ratio"),
 }

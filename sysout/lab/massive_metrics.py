@@ -34,6 +34,18 @@ def bos_over_median(run: LabRunResult, layer: int, step: int | None = None) -> f
     return bos_norm(run, layer, step) / run.metric("residual", "other_norm_median", layer, step)
 
 
+def first_query_weight(run: LabRunResult, layer: int) -> float:
+    """The weight query 0 (BOS) spends on itself in ``layer`` at the end: 1 for softmax,
+    unbounded for ReLU attention (its only key, never normalised)."""
+    return run.metric("attention", "first_query_weight", layer)
+
+
+def attention_write_share(run: LabRunResult, layer: int) -> float:
+    """||what ``layer``'s attention writes at position 0|| / ||h(BOS)|| after ``layer``: how
+    much of the BOS norm that one write accounts for."""
+    return run.metric("attention", "first_query_out_norm", layer) / bos_norm(run, layer)
+
+
 def peak_layer(run: LabRunResult) -> int:
     """The layer whose output holds the peak at the end: where BOS stands out most from the
     other tokens (a layer whose every position grows is no BOS peak)."""

@@ -22,10 +22,12 @@ from sysout.lab.massive_metrics import (
     ON_BOS,
     PEAK_GROWTH,
     SINK,
+    attention_write_share,
     bos_growth,
     bos_norm,
     bos_over_median,
     common_peak_layer,
+    first_query_weight,
     first_step_above,
     peak_layer,
     read_guo,
@@ -56,6 +58,8 @@ def bos_table(groups: dict[str, list[LabRunResult]], layer: int, about: dict[str
         "BOS / median token",
         f"max abs h of layer {layer} on BOS (share of sequences)",
         f"Sun top-1 / median, layer {layer}",
+        f"layer {layer} attention at BOS: query 0's weight",
+        f"its write / BOS norm after layer {layer}",
         "sink layer: top-key share (non-trigger)",
         "loss gap",
     ]
@@ -74,6 +78,8 @@ def bos_table(groups: dict[str, list[LabRunResult]], layer: int, about: dict[str
                 spread([bos_over_median(r, layer) for r in runs]),
                 spread([r.metric("residual", "argmax_first_token_share", layer) for r in runs]),
                 spread([r.metric("activation", "ratio", layer) for r in runs], 1),
+                spread([first_query_weight(r, layer) for r in runs]),
+                spread([attention_write_share(r, layer) for r in runs]),
                 f"L{sinks}: " + spread([sink_share(r) for r in runs]),
                 spread([r.val_metric("val/loss_gap") for r in runs], 3),
             ]
@@ -217,10 +223,16 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
         flat = {"sgd": "SGD", "relu_attention": "ReLU attention"}
         what = f"{flat.get(name, name)} keeps the BOS norm flat"
         crit = f"softmax's BOS norm >= {APART}x the control's, seed by seed"
+    weight = lambda rs: spread([first_query_weight(r, layer) for r in rs])
+    share = lambda rs: spread([attention_write_share(r, layer) for r in rs])
+    controls = [c for _, c in pairs]
     return [
         f"- **{what}** ({crit}, layer {layer}): {'supported' if ok else 'not supported'} — "
-        f"softmax / {name}: {spread(ratio)}; {name}'s own growth {spread(grown)} "
-        f"({len(pairs)} seed pairs)."
+        f"softmax / {name}: {spread(ratio)} (per seed {', '.join(fmt(x) for x in ratio)}); "
+        f"{name}'s own growth {spread(grown)} ({len(pairs)} seed pairs). What writes BOS's "
+        f"norm at layer {layer}: query 0's weight on itself {weight(controls)} (softmax "
+        f"{weight(base)}), and that one attention write is {share(controls)} of the norm "
+        f"(softmax {share(base)})."
     ]
 
 

@@ -29,7 +29,7 @@ from .attention import AttentionOutlierStats, attention_outliers
 from .channels import ChannelOutlierStats, channel_outliers
 from .heads import HeadStats, head_statistics
 from .moments import MomentStats, moment_stats
-from .residual import ResidualPeakStats, residual_peak, value_out_stats
+from .residual import ResidualPeakStats, first_query_stats, residual_peak, value_out_stats
 from .rules import OutlierThresholds
 
 
@@ -130,6 +130,10 @@ def register(
             weights = None
             if rec.keep_tensors or rec.query_groups:
                 weights = cap.weights()
+                if cap.out_proj is not None:
+                    rec.value_out[i] |= first_query_stats(
+                        weights, cap.v, linear_weight(cap.out_proj)
+                    )
             if rec.keep_tensors:  # the sentence: full weights for the heat map, T is small
                 rec.weights[i] = weights[0].float().mean(0).cpu()
                 rec.key_mass[i] = mass[0].mean(0).cpu()

@@ -134,3 +134,20 @@ def value_out_stats(v: Tensor, out_weight: Tensor) -> dict[str, float]:
         "first_token_value_out_norm": float(norms[:, 0].mean()),
         "first_token_value_out_ratio": float(ratio.nanmean()),
     }
+
+
+def first_query_stats(weights: Tensor, v: Tensor, out_weight: Tensor) -> dict[str, float]:
+    """What position 0 writes into its own residual stream through attention (means over
+    sequences): ``first_query_weight``, the weight query 0 spends on the real keys (heads
+    averaged: 1 for softmax, less a slot's share; unbounded for ReLU attention, whose query 0 sees
+    only itself and is never normalised), and ``first_query_out_norm``, ||W_O o_0|| of that
+    weighted sum of values (weights [B, H, Tq, Tk], v [B, H, Tk, d], the last query aligned with
+    the last key; W_O [C, H*d] without its bias)."""
+    b, h, t_q, t_k = weights.shape
+    row = weights[:, :, 0, : t_k - t_q + 1].detach().double()  # query 0 sees keys 0 .. Tk - Tq
+    out = torch.einsum("bhk,bhkd->bhd", row, v[:, :, : row.shape[-1]].detach().double())
+    written = out.reshape(b, -1) @ out_weight.detach().double().t()
+    return {
+        "first_query_weight": float(row.sum(-1).mean()),
+        "first_query_out_norm": float(written.norm(dim=-1).mean()),
+    }
