@@ -146,3 +146,51 @@ def test_sweep_skips_only_runs_committed_by_the_same_command(tmp_path, monkeypat
     )
     (out / run.name / "run.json").unlink()
     assert sweep.run_one(run, out, results)["returncode"] == 1 and len(trained) == 2
+
+
+def test_massive_lab_is_guos_setting_and_logs_the_residual_figures(compose_train, tmp_path):
+    """A few steps of `python train.py experiment=massive_lab` (its default seed): Guo et al.'s
+    parametrisation, and the probe's residual-peak figures in the CSV log for every layer."""
+    import csv
+
+    import torch
+
+    from sysout.outliers.keys import read_metric
+    from sysout.training.run import train
+
+    torch.set_num_threads(1)
+    cfg = compose_train(
+        "experiment=massive_lab",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1",
+        "data.val_sequences=2",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=2",
+        "callbacks.outliers.every_n_steps=1",
+        "callbacks.outliers.probe_windows=2",
+        "~callbacks.step_checkpoints",
+    )
+    m = cfg.model
+    assert (m.activation, m.tie_embeddings, m.init, m.norm_bias, m.bias) == (
+        "relu", False, "torch_default", True, False,
+    )  # fmt: skip
+    assert cfg.optim.name == "adamw" and cfg.optim.decay_params == "all"
+    assert cfg.optim.schedule == "constant" and cfg.trainer.gradient_clip_val is None
+    train(cfg)
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [
+            r for r in csv.DictReader(f) if r.get("outliers/residual/layer_00/first_token_norm")
+        ]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    last = {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
+    for layer in range(3):
+        bos = read_metric(last, "residual", "first_token_norm", layer)
+        median = read_metric(last, "residual", "other_norm_median", layer)
+        assert bos > 0 and median > 0 and read_metric(last, "residual", "other_norm_mean", layer)
+        excess = read_metric(last, "residual", "first_token_excess", layer)
+        assert excess == pytest.approx(bos - median, rel=1e-4, abs=1e-4)  # Guo's difference
+        # softmax with BOS: query 0 sees itself alone, with weight one
+        assert read_metric(last, "attention", "first_query_weight", layer) == pytest.approx(1.0)
+        assert 0 <= read_metric(last, "residual", "argmax_class_share_bos", layer) <= 1
