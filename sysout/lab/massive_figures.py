@@ -4,6 +4,7 @@ the sink and the largest activation sit without BOS."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -25,22 +26,24 @@ def _band(runs: list[LabRunResult], value) -> tuple[list[int], list[float], list
 
 def growth_curves(
     groups: dict[str, list[LabRunResult]],
-    layer: int,
+    layer_of: Callable[[LabRunResult], int],
+    layer_name: str,
     tokens_per_step: int,
     guo: GuoCurves,
     guo_tokens_per_step: int,
     path: Path,
 ) -> Path:
-    """BOS residual norm after ``layer`` relative to step 0, mean and range over seeds, per
-    configuration, against tokens seen; Guo et al.'s (their layer 0) dashed on the same axis."""
+    """BOS residual norm after the layer ``layer_of(run)`` picks (``layer_name``) relative to
+    step 0, mean and range over seeds, per configuration, against tokens seen; Guo et al.'s
+    (their layer 0) dashed on the same axis."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for name, runs in groups.items():
         if not runs:
             continue
 
         def growth(r: LabRunResult, s: int) -> float:
-            start = r.metric("residual", "first_token_norm", layer, step=min(r.stats))
-            return r.metric("residual", "first_token_norm", layer, step=s) / start
+            start = r.metric("residual", "first_token_norm", layer_of(r), step=min(r.stats))
+            return r.metric("residual", "first_token_norm", layer_of(r), step=s) / start
 
         steps, mean, low, high = _band(runs, growth)
         tokens = [max(s, 1) * tokens_per_step for s in steps]
@@ -55,7 +58,7 @@ def growth_curves(
     axes[1].set_xlabel("tokens seen (log)")
     axes[1].set_xscale("log")
     for ax in axes:
-        ax.set_ylabel(f"||h(BOS)|| after layer {layer} / its step-0 value")
+        ax.set_ylabel(f"||h(BOS)|| after {layer_name} / its step-0 value")
         ax.grid(alpha=0.3)
     axes[0].set_title("this lab (mean and range over seeds)", fontsize=10)
     axes[1].set_title("against Guo et al. 2024 (width 256, batch 512), by tokens seen", fontsize=10)

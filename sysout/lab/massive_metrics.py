@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from sysout.lab.runs import LabRunResult
@@ -55,6 +56,33 @@ def peak_layer(run: LabRunResult) -> int:
 def common_peak_layer(runs: list[LabRunResult]) -> int:
     """The peak layer of most runs (seeds)."""
     return Counter(peak_layer(r) for r in runs).most_common(1)[0][0]
+
+
+@dataclass(frozen=True)
+class PeakLayers:
+    """The layer each seed is judged at: softmax's peak layer at that seed (chosen by the
+    metric, seed by seed, never fixed); a seed without a softmax run gets the most common one.
+    A control or factor is measured at the softmax peak layer of its own seed."""
+
+    by_seed: dict[int, int]
+    common: int
+
+    @classmethod
+    def of(cls, base: list[LabRunResult]) -> PeakLayers:
+        layers = {r.seed: peak_layer(r) for r in base}
+        return cls(layers, common_peak_layer(base) if base else 0)
+
+    def __call__(self, run: LabRunResult) -> int:
+        return self.by_seed.get(run.seed, self.common)
+
+    @property
+    def name(self) -> str:
+        """'layer 0' when every seed peaks there, else 'the peak layer'."""
+        layers = set(self.by_seed.values()) or {self.common}
+        return f"layer {layers.pop()}" if len(layers) == 1 else "the peak layer"
+
+    def per_seed(self) -> str:
+        return ", ".join(f"seed {s}: {layer}" for s, layer in sorted(self.by_seed.items()))
 
 
 def sink_layer(run: LabRunResult) -> int:

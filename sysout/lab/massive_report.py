@@ -22,11 +22,11 @@ from sysout.lab.massive_metrics import (
     ON_BOS,
     PEAK_GROWTH,
     SINK,
+    PeakLayers,
     attention_write_share,
     bos_growth,
     bos_norm,
     bos_over_median,
-    common_peak_layer,
     first_query_weight,
     first_step_above,
     peak_layer,
@@ -47,19 +47,19 @@ def _seeded(runs: list[LabRunResult]) -> list[LabRunResult]:
     return sorted(runs, key=lambda r: r.seed)
 
 
-def bos_table(groups: dict[str, list[LabRunResult]], layer: int, about: dict[str, str]):
+def bos_table(groups: dict[str, list[LabRunResult]], at: PeakLayers, about: dict[str, str]):
     head = [
         "configuration",
         "what it changes",
         "seeds",
         "peak layer (per seed)",
-        f"BOS norm after layer {layer}",
+        f"BOS norm after {at.name}",
         "growth vs step 0",
         "BOS / median token",
-        f"max abs h of layer {layer} on BOS (share of sequences)",
-        f"Sun top-1 / median, layer {layer}",
-        f"layer {layer} attention at BOS: query 0's weight",
-        f"its write / BOS norm after layer {layer}",
+        f"max abs h of {at.name} on BOS (share of sequences)",
+        f"Sun top-1 / median, {at.name}",
+        f"{at.name}'s attention at BOS: query 0's weight",
+        "its write / BOS norm after that layer",
         "sink layer: top-key share (non-trigger)",
         "loss gap",
     ]
@@ -73,13 +73,13 @@ def bos_table(groups: dict[str, list[LabRunResult]], layer: int, about: dict[str
                 about.get(name, ""),
                 str(len(runs)),
                 ", ".join(str(peak_layer(r)) for r in runs),
-                spread([bos_norm(r, layer) for r in runs], 1),
-                spread([bos_growth(r, layer) for r in runs]),
-                spread([bos_over_median(r, layer) for r in runs]),
-                spread([r.metric("residual", "argmax_first_token_share", layer) for r in runs]),
-                spread([r.metric("activation", "ratio", layer) for r in runs], 1),
-                spread([first_query_weight(r, layer) for r in runs]),
-                spread([attention_write_share(r, layer) for r in runs]),
+                spread([bos_norm(r, at(r)) for r in runs], 1),
+                spread([bos_growth(r, at(r)) for r in runs]),
+                spread([bos_over_median(r, at(r)) for r in runs]),
+                spread([r.metric("residual", "argmax_first_token_share", at(r)) for r in runs]),
+                spread([r.metric("activation", "ratio", at(r)) for r in runs], 1),
+                spread([first_query_weight(r, at(r)) for r in runs]),
+                spread([attention_write_share(r, at(r)) for r in runs]),
                 f"L{sinks}: " + spread([sink_share(r) for r in runs]),
                 spread([r.val_metric("val/loss_gap") for r in runs], 3),
             ]
@@ -144,19 +144,20 @@ def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
     return markdown_table(head, rows)
 
 
-def _peak_claims(base: list[LabRunResult], layer: int) -> list[str]:
-    growth = [bos_growth(r, layer) for r in base]
-    on = [r.metric("residual", "argmax_first_token_share", layer) for r in base]
-    dims = Counter(int(r.metric("residual", "argmax_dim", layer)) for r in base)
-    dim_share = [r.metric("residual", "argmax_dim_share", layer) for r in base]
+def _peak_claims(base: list[LabRunResult], at: PeakLayers) -> list[str]:
+    growth = [bos_growth(r, at(r)) for r in base]
+    on = [r.metric("residual", "argmax_first_token_share", at(r)) for r in base]
+    dims = Counter(int(r.metric("residual", "argmax_dim", at(r))) for r in base)
+    dim_share = [r.metric("residual", "argmax_dim_share", at(r)) for r in base]
+    grows = "supported" if min(growth) > PEAK_GROWTH else "not supported"
     return [
-        f"- **A residual-state peak grows on BOS** (softmax, AdamW: BOS norm after layer "
-        f"{layer}, where BOS stands out most in most seeds, > {PEAK_GROWTH}x its step-0 value "
-        f"in every seed): {'supported' if min(growth) > PEAK_GROWTH else 'not supported'} — "
+        f"- **A residual-state peak grows on BOS** (softmax, AdamW: BOS norm after each seed's "
+        f"peak layer ({at.per_seed()}), > {PEAK_GROWTH}x its step-0 value in every seed): "
+        f"{grows} — "
         f"{spread(growth)} ({len(base)} seeds; per seed "
         f"{', '.join(fmt(g) for g in growth)}); BOS / median token "
-        f"{spread([bos_over_median(r, layer) for r in base])}.",
-        f"- **The largest activation of layer {layer} sits on BOS** (in >= {ON_BOS:.0%} of the "
+        f"{spread([bos_over_median(r, at(r)) for r in base])}.",
+        f"- **The peak layer's largest activation sits on BOS** (in >= {ON_BOS:.0%} of the "
         f"probe sequences, every seed): {'supported' if min(on) >= ON_BOS else 'not supported'} "
         f"— {spread(on)}; the modal dimension holds it in {spread(dim_share)} of the sequences, "
         f"{len(dims)} distinct modal dimension(s) over {len(base)} seeds.",
@@ -164,7 +165,7 @@ def _peak_claims(base: list[LabRunResult], layer: int) -> list[str]:
 
 
 def _guo_line(
-    base: list[LabRunResult], layer: int, guo: dict[str, tuple[list[int], list[float]]]
+    base: list[LabRunResult], at: PeakLayers, guo: dict[str, tuple[list[int], list[float]]]
 ) -> list[str]:
     """Guo et al.'s AdamW growth at the end, at the tokens this lab's runs see, and the tokens
     they needed for this lab's growth."""
@@ -174,8 +175,8 @@ def _guo_line(
     meta = base[0].meta
     tokens = base[0].steps * int(meta.get("block_size", 256)) * int(meta.get("batch_size", 32))
     theirs = min(steps, key=lambda s: abs(s * GUO_TOKENS_PER_STEP - tokens))
-    at = values[steps.index(theirs)] / values[0]
-    ours = statistics.fmean(bos_growth(r, layer) for r in base)
+    theirs_growth = values[steps.index(theirs)] / values[0]
+    ours = statistics.fmean(bos_growth(r, at(r)) for r in base)
     reach = next((s for s, v in zip(steps, values) if v / values[0] >= ours), None)
     needed = (
         f"they reach this lab's mean growth ({ours:.2f}x) at step {reach} "
@@ -188,19 +189,20 @@ def _guo_line(
         f"- **Against Guo et al.** (their committed AdamW run, width 256, batch 512, lr 3e-4, "
         f"layer 0): {values[-1] / values[0]:.2f}x its step-0 value at step {steps[-1]} "
         f"({steps[-1] * GUO_TOKENS_PER_STEP / 1e9:.1f}B tokens); at the {tokens / 1e6:.0f}M "
-        f"tokens this lab's runs see (their step {theirs}) it had grown {at:.2f}x; {needed}: "
+        f"tokens this lab's runs see (their step {theirs}) it had grown {theirs_growth:.2f}x; "
+        f"{needed}: "
         "the lab's higher rate and smaller batch grow the peak on far fewer tokens (figure "
         "below)."
     ]
 
 
-def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, layer: int):
+def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, at: PeakLayers):
     by_seed = {r.seed: r for r in runs}
     pairs = [(r, by_seed[r.seed]) for r in base if r.seed in by_seed]
     if not pairs:
         return []
-    ratio = [bos_norm(r, layer) / bos_norm(c, layer) for r, c in pairs]
-    grown = [bos_growth(c, layer) for _, c in pairs]
+    ratio = [bos_norm(r, at(r)) / bos_norm(c, at(c)) for r, c in pairs]
+    grown = [bos_growth(c, at(c)) for _, c in pairs]
     if name == "clip":
         ok = min(grown) > PEAK_GROWTH
         what, crit = "Gradient clipping at 1.0 leaves the peak", f"clipped growth > {PEAK_GROWTH}x"
@@ -213,7 +215,7 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
             else ""
         )
         return [
-            f"- **{what}** ({crit}, layer {layer}): {'supported' if ok else 'not supported'} — "
+            f"- **{what}** ({crit}, {at.name}): {'supported' if ok else 'not supported'} — "
             f"clip's growth {spread(grown)}, softmax / clip {spread(ratio)}; the clipped and "
             f"unclipped runs end with identical figures in {same} of {len(pairs)} seed pairs"
             f"{norms}: clipping by norm at 1.0 only acts on a gradient norm above 1.0."
@@ -223,29 +225,29 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
         flat = {"sgd": "SGD", "relu_attention": "ReLU attention"}
         what = f"{flat.get(name, name)} keeps the BOS norm flat"
         crit = f"softmax's BOS norm >= {APART}x the control's, seed by seed"
-    weight = lambda rs: spread([first_query_weight(r, layer) for r in rs])
-    share = lambda rs: spread([attention_write_share(r, layer) for r in rs])
+    weight = lambda rs: spread([first_query_weight(r, at(r)) for r in rs])
+    share = lambda rs: spread([attention_write_share(r, at(r)) for r in rs])
     controls = [c for _, c in pairs]
     return [
-        f"- **{what}** ({crit}, layer {layer}): {'supported' if ok else 'not supported'} — "
+        f"- **{what}** ({crit}, {at.name}): {'supported' if ok else 'not supported'} — "
         f"softmax / {name}: {spread(ratio)} (per seed {', '.join(fmt(x) for x in ratio)}); "
         f"{name}'s own growth {spread(grown)} ({len(pairs)} seed pairs). What writes BOS's "
-        f"norm at layer {layer}: query 0's weight on itself {weight(controls)} (softmax "
+        f"norm at {at.name}: query 0's weight on itself {weight(controls)} (softmax "
         f"{weight(base)}), and that one attention write is {share(controls)} of the norm "
         f"(softmax {share(base)})."
     ]
 
 
-def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, layer: int):
+def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, at: PeakLayers):
     if not runs:
         return []
     when = lambda rs: ", ".join(
-        "never" if (s := first_step_above(r, layer, 1.5)) is None else str(s) for r in rs
+        "never" if (s := first_step_above(r, at(r), 1.5)) is None else str(s) for r in rs
     )
     return [
-        f"- **Factor {name}**: BOS growth after layer {layer} "
-        f"{spread([bos_growth(r, layer) for r in runs])} vs softmax "
-        f"{spread([bos_growth(r, layer) for r in base])}; peak layer per seed "
+        f"- **Factor {name}**: BOS growth after {at.name} "
+        f"{spread([bos_growth(r, at(r)) for r in runs])} vs softmax "
+        f"{spread([bos_growth(r, at(r)) for r in base])}; peak layer per seed "
         f"{[peak_layer(r) for r in _seeded(runs)]} vs {[peak_layer(r) for r in base]}; first "
         f"step above 1.5x: {when(_seeded(runs))} vs {when(base)}."
     ]
@@ -287,16 +289,16 @@ def claims(
     base = _seeded(groups.get(BASELINE, []))
     if not base:
         return ["- No softmax baseline runs: nothing to judge."]
-    layer = common_peak_layer(base)
-    out = _peak_claims(base, layer) + _guo_line(base, layer, guo or {})
+    at = PeakLayers.of(base)
+    out = _peak_claims(base, at) + _guo_line(base, at, guo or {})
     for name in CONTROLS[1:]:
-        out += _control_claim(base, groups.get(name, []), name, layer)
+        out += _control_claim(base, groups.get(name, []), name, at)
     for name in FACTORS:
-        out += _factor_claim(base, groups.get(name, []), name, layer)
+        out += _factor_claim(base, groups.get(name, []), name, at)
     return out + _nobos_claims(nobos)
 
 
-def _figures(groups, nobos, base, layer, meta, results, figdir) -> list[tuple[str, Path]]:
+def _figures(groups, nobos, base, at, meta, results, figdir) -> list[tuple[str, Path]]:
     tokens = int(meta.get("block_size", 256)) * int(meta.get("batch_size", 32))
     figs = []
     if base:
@@ -307,7 +309,8 @@ def _figures(groups, nobos, base, layer, meta, results, figdir) -> list[tuple[st
                 "BOS residual norm growth: controls, against Guo et al.",
                 growth_curves(
                     controls,
-                    layer,
+                    at,
+                    at.name,
                     tokens,
                     read_guo(results),
                     GUO_TOKENS_PER_STEP,
@@ -317,7 +320,13 @@ def _figures(groups, nobos, base, layer, meta, results, figdir) -> list[tuple[st
             (
                 "BOS residual norm growth: sysout's departures from Guo et al.",
                 growth_curves(
-                    factors, layer, tokens, {}, GUO_TOKENS_PER_STEP, figdir / "growth-factors.png"
+                    factors,
+                    at,
+                    at.name,
+                    tokens,
+                    {},
+                    GUO_TOKENS_PER_STEP,
+                    figdir / "growth-factors.png",
                 ),
             ),
             (
@@ -360,8 +369,8 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
     nobos = by_config([r for r in runs if r.plan == "nobos"])  # configurations are variants
     about = {r.config: r.meta.get("about", "") for r in runs}
     base = _seeded(groups.get(BASELINE, []))
-    layer = common_peak_layer(base) if base else 0
-    figs = _figures(groups, nobos, base, layer, runs[0].meta, results, md.with_suffix(""))
+    at = PeakLayers.of(base)
+    figs = _figures(groups, nobos, base, at, runs[0].meta, results, md.with_suffix(""))
     seeds = sorted({r.seed for r in runs})
     lines = [
         "# Massive-activation lab: a learned residual-state peak on one CPU thread",
@@ -383,7 +392,8 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         f"{APART}x the control's for the same seed; on BOS = the layer's largest |h| on BOS in "
         f">= {ON_BOS:.0%} of sequences; sink = top key > {SINK} of the non-trigger rows (each "
         "row normalised to one: like with like for sigmoid and ReLU attention); peak layer = "
-        "the layer where BOS's norm stands out most from the median other token's at the end. "
+        "the layer where BOS's norm stands out most from the median other token's at the end, "
+        "chosen seed by seed; a control or factor is read at softmax's peak layer of its seed. "
         "Sun et al.'s element rule (|h| > 100 and 1000x the median) is not expected at this "
         "width: the lab reports norm ratios and Sun's top-1/median instead.",
         "",
@@ -391,9 +401,10 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         "",
         *claims(groups, nobos, read_guo(results)),
         "",
-        f"## With BOS: controls and factors (at layer {layer}, softmax's peak layer)",
+        f"## With BOS: controls and factors (at softmax's peak layer of the same seed: "
+        f"{at.per_seed() or at.name})",
         "",
-        *bos_table(groups, layer, about),
+        *bos_table(groups, at, about),
     ]
     if nobos:
         lines += ["", "## Without BOS (`data.bos=false`)", "", *nobos_table(nobos)]
