@@ -119,6 +119,7 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
     assert "softmax / relu_attention: 3.33 ± 0.67 [2.67–4.00]" in text
     assert "ReLU attention keeps the BOS norm flat** (softmax's BOS norm >= 3.0x" in text
     assert ": not supported — softmax / relu_attention" in text  # seed 1 is 2.67 < 3
+    assert "under 3.0x: seed 1: softmax 4.00x, relu_attention 1.50x." in text  # and only seed 1
     assert "| softmax | AdamW" not in text  # 'about' comes from the record: here the name
     assert "## Without BOS" in text
     assert "- **Against Guo et al.** (their committed AdamW run" in text

@@ -225,6 +225,12 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
         flat = {"sgd": "SGD", "relu_attention": "ReLU attention"}
         what = f"{flat.get(name, name)} keeps the BOS norm flat"
         crit = f"softmax's BOS norm >= {APART}x the control's, seed by seed"
+    short = [
+        f"seed {r.seed}: softmax {fmt(bos_growth(r, at(r)))}x, {name} {fmt(bos_growth(c, at(c)))}x"
+        for (r, c), x in zip(pairs, ratio)
+        if x < APART
+    ]
+    why = f" Growth vs step 0 where the gap is under {APART}x: {'; '.join(short)}." if short else ""
     weight = lambda rs: spread([first_query_weight(r, at(r)) for r in rs])
     share = lambda rs: spread([attention_write_share(r, at(r)) for r in rs])
     controls = [c for _, c in pairs]
@@ -234,7 +240,7 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
         f"{name}'s own growth {spread(grown)} ({len(pairs)} seed pairs). What writes BOS's "
         f"norm at {at.name}: query 0's weight on itself {weight(controls)} (softmax "
         f"{weight(base)}), and that one attention write is {share(controls)} of the norm "
-        f"(softmax {share(base)})."
+        f"(softmax {share(base)}).{why}"
     ]
 
 
