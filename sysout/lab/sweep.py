@@ -40,6 +40,12 @@ def _record(run: LabRun) -> dict:
     }
 
 
+def _say(line: str) -> None:
+    """One whole line per write: the pool's threads print beside each other."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _settings(command: str) -> list[str]:
     """A run command's overrides, less where it wrote (the same run on another machine)."""
     return [arg for arg in command.split()[1:] if not arg.startswith("hydra.run.dir=")]
@@ -66,7 +72,7 @@ def run_one(
     record_path = folder / "run.json"
     done_before = None if redo else committed(run, out, results)
     if done_before is not None and not record_path.is_file():
-        print(f"{run.name:36s} {done_before['wall_s']:7.1f} s  committed before", flush=True)
+        _say(f"{run.name:36s} {done_before['wall_s']:7.1f} s  committed before")
         return done_before
     finished = record_path.is_file() and json.loads(record_path.read_text()).get("returncode") == 0
     if finished and not redo:
@@ -88,7 +94,7 @@ def run_one(
     status = "ok" if info["returncode"] == 0 else f"FAILED (see {folder / 'console.log'})"
     if info["returncode"] == 0 and results is not None:
         collect_run(folder, info, results)
-    print(f"{run.name:36s} {info['wall_s']:7.1f} s  {status}", flush=True)
+    _say(f"{run.name:36s} {info['wall_s']:7.1f} s  {status}")
     return info
 
 
