@@ -24,6 +24,8 @@ from sysout.attention import variant_names, variants_with
 EXPERIMENTS = ("sink_lab", "massive_lab")
 DEFAULT_STEPS = {"sink_lab": 600, "massive_lab": 5000}  # = the experiments' max_steps
 PLANS = {"sink_lab": ("main", "nobos", "longer"), "massive_lab": ("controls", "factors", "nobos")}
+DEFAULT_SEEDS = (1, 2, 3, 4, 5)  # every claim over five seeds: what the sweep runs and the
+# reports count as planned
 BASELINE = "softmax"  # the configuration every other one is compared with
 
 

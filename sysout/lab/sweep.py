@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sysout.attention import variant_names
 from sysout.lab.collect import collect_run
-from sysout.lab.plans import DEFAULT_STEPS, EXPERIMENTS, PLANS, LabRun, lab_plan
+from sysout.lab.plans import DEFAULT_SEEDS, DEFAULT_STEPS, EXPERIMENTS, PLANS, LabRun, lab_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,9 +46,9 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _settings(command: str) -> list[str]:
-    """A run command's overrides, less where it wrote (the same run on another machine)."""
-    return [arg for arg in command.split()[1:] if not arg.startswith("hydra.run.dir=")]
+def _settings(overrides: list[str]) -> list[str]:
+    """A run's overrides, less where it wrote (the same run on another machine)."""
+    return [arg for arg in overrides if not arg.startswith("hydra.run.dir=")]
 
 
 def committed(run: LabRun, out: Path, results: Path | None) -> dict | None:
@@ -59,8 +59,8 @@ def committed(run: LabRun, out: Path, results: Path | None) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    wanted = _settings(" ".join(["train.py", *run.overrides(out)]))
-    same = record.get("returncode") == 0 and _settings(record.get("command", "")) == wanted
+    recorded = record.get("command", "").split()[1:]  # "train.py <overrides>"
+    same = record.get("returncode") == 0 and _settings(recorded) == _settings(run.overrides(out))
     return record if same else None
 
 
@@ -74,9 +74,9 @@ def run_one(
     if done_before is not None and not record_path.is_file():
         _say(f"{run.name:36s} {done_before['wall_s']:7.1f} s  committed before")
         return done_before
-    finished = record_path.is_file() and json.loads(record_path.read_text()).get("returncode") == 0
-    if finished and not redo:
-        info = json.loads(record_path.read_text())
+    before = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if before.get("returncode") == 0 and not redo:
+        info = before
     else:
         folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plans", default=None, help="comma-separated; default: all")
     parser.add_argument("--variants", default=None, help="narrow the per-variant plans")
     parser.add_argument("--configs", default=None, help="run only these configuration names")
-    parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     parser.add_argument("--steps", type=int, default=None, help="default: the experiment's")
     parser.add_argument("--longer-steps", type=int, default=1500)
     parser.add_argument(

@@ -6,10 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
-from sysout.lab.plans import PLANS, lab_plan
+from sysout.lab.plans import DEFAULT_SEEDS, PLANS, lab_plan
 from sysout.lab.runs import LabRunResult
-
-PLANNED_SEEDS = (1, 2, 3, 4, 5)  # what `make lab` / `make massive-lab` run (--seeds)
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -66,17 +64,17 @@ def _seed_ranges(seeds: list[int]) -> str:
 def coverage_line(experiment: str, runs: list[LabRunResult], make: str) -> str:
     """How much of the planned sweep (every plan, seeds 1-5) the committed files hold, and
     which configurations lack which seeds: a verdict over fewer seeds says so here."""
-    planned = lab_plan(experiment, list(PLANS[experiment]), list(PLANNED_SEEDS))
+    planned = lab_plan(experiment, list(PLANS[experiment]), list(DEFAULT_SEEDS))
     done = {(r.plan, r.config, r.seed) for r in runs}
     missing: dict[str, list[int]] = {}
     for run in planned:
         if (run.plan, run.config.name, run.seed) not in done:
             missing.setdefault(f"{run.plan}/{run.config.name}", []).append(run.seed)
-    held = len(planned) - sum(map(len, missing.values()))
+    todo = sum(map(len, missing.values()))
+    held = len(planned) - todo
     if not missing:
         return f"Coverage: all {len(planned)} planned runs (every plan, seeds 1-5) are committed."
     absent = "; ".join(f"{name} (seeds {_seed_ranges(s)})" for name, s in missing.items())
-    todo = len(planned) - held
     per_run = statistics.fmean(r.wall_s for r in runs) if runs else float("nan")
     return (
         f"Coverage: {held} of the {len(planned)} planned runs (every plan, seeds 1-5) are "
