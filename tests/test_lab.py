@@ -212,3 +212,18 @@ def test_massive_lab_is_guos_setting_and_logs_the_residual_figures(compose_train
         # softmax with BOS: query 0 sees itself alone, with weight one
         assert read_metric(last, "attention", "first_query_weight", layer) == pytest.approx(1.0)
         assert 0 <= read_metric(last, "residual", "argmax_class_share_bos", layer) <= 1
+
+
+@pytest.mark.parametrize("lab", ["massive-lab", "sink-lab"])
+def test_committed_report_is_what_its_committed_runs_regenerate(tmp_path, lab):
+    # Runs committed without rewriting the report (or a report edited by hand) fail here.
+    import shutil
+
+    committed = Path(__file__).parents[1] / "docs" / "results"
+    copy = tmp_path / lab
+    shutil.copytree(committed / lab, copy)
+    written = write_report(copy)
+    assert written == copy.with_suffix(".md")
+    # The report names the folder it was written from: the copy's, here.
+    text = written.read_text().replace(str(copy), f"docs/results/{lab}")
+    assert text == (committed / f"{lab}.md").read_text()
