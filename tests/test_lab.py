@@ -5,6 +5,7 @@ CSV log collected into the committed files, and the reports regenerated from tho
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lab_fakes
@@ -217,8 +218,6 @@ def test_massive_lab_is_guos_setting_and_logs_the_residual_figures(compose_train
 @pytest.mark.parametrize("lab", ["massive-lab", "sink-lab"])
 def test_committed_report_is_what_its_committed_runs_regenerate(tmp_path, lab):
     # Runs committed without rewriting the report (or a report edited by hand) fail here.
-    import shutil
-
     committed = Path(__file__).parents[1] / "docs" / "results"
     copy = tmp_path / lab
     shutil.copytree(committed / lab, copy)
