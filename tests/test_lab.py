@@ -133,6 +133,50 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
     assert write_report(results).read_text() == text
 
 
+def test_no_bos_sink_is_judged_on_what_the_rows_spend_slot_included(tmp_path, probe_scalars):
+    # kv_bias parks 0.99 of layer 1's rows on its slot; its real keys' leftover is concentrated
+    # (top key 0.6 of the weight on tokens) but that is 0.006 of the row: no token is a sink.
+    # sigmoid's rows spend 0.2 in all, 0.35 of it on one key: a sink on a token (rows of an
+    # unnormalised variant are judged on what they spend on tokens).
+    out, results = tmp_path / "out", tmp_path / "docs" / "massive-lab"
+    heads = {  # variant -> per layer (top key's share of the weight on tokens, row weight)
+        "softmax": [(0.1, 1.0), (0.4, 1.0), (0.2, 1.0)],
+        "kv_bias": [(0.1, 0.9), (0.6, 0.01), (0.2, 0.95)],
+        "sigmoid": [(0.1, 0.3), (0.35, 0.2), (0.2, 0.3)],
+    }
+
+    def planted(variant):
+        def plant(step):
+            got = {}
+            for layer, (top, row) in enumerate(heads[variant]):
+                got[metric_key("heads", "top_key_share_of_weight_non_trigger", layer)] = top
+                got[metric_key("heads", "row_weight_non_trigger", layer)] = row
+            return got
+
+        return plant
+
+    for seed in (1, 2):
+        collect_run(*fake_run(out, probe_scalars, "controls", "softmax", "softmax", seed, 3.0),
+                    results)  # fmt: skip
+        for variant in heads:
+            record = {"experiment": "massive_lab", "plan": "nobos", "config": variant,
+                      "variant": variant, "seed": seed, "bos": False}  # fmt: skip
+            collect_run(*lab_fakes.fake_run(out, probe_scalars, record, planted(variant)), results)
+    text = write_report(results).read_text()
+    assert "**Without BOS, softmax still makes a sink** (one real key takes > 0.3" in text
+    assert "supported — 0.40 ± 0.00 [0.40–0.40] (seeds 1, 2)" in text
+    # kv_bias: largest over layers max(0.1 x 0.9, 0.6 x 0.01, 0.2 x 0.95) = 0.19
+    assert "**kv_bias without BOS**: sink on a token prevented" in text
+    assert "every seed): yes (0.19 ± 0.00 [0.19–0.19] vs softmax 0.40" in text
+    assert "**sigmoid without BOS**: sink on a token prevented" in text
+    assert "every seed): no (0.35 ± 0.00 [0.35–0.35] vs softmax 0.40" in text
+    # the table reads kv_bias at layer 1, where the slot holds 0.99 of the row
+    row = next(line for line in text.splitlines() if line.startswith("| kv_bias |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:6] == ["L1", "0.99 ± 0.00 [0.99–0.99]", "0.01 ± 0.00 [0.01–0.01]",
+                          "0.60 ± 0.00 [0.60–0.60]"]  # fmt: skip
+
+
 def test_sweep_skips_only_runs_committed_by_the_same_command(tmp_path, monkeypatch):
     from sysout.lab import sweep
 

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sysout.lab.plans import parking_variants
 from sysout.lab.runs import LabRunResult
 
 GUO_FILE = "guo2024-bos-norm.csv"
@@ -17,7 +18,7 @@ GUO_TOKENS_PER_STEP = 512 * 256  # their batch x sequence length
 PEAK_GROWTH = 2.0  # a peak: BOS norm after the peak layer > this x its step-0 value
 APART = 3.0  # softmax's BOS norm at least this x a control's, seed by seed
 ON_BOS = 0.9  # the largest activation sits on BOS in at least this share of sequences
-SINK = 0.3  # a sink: the top key takes more than this share of the non-trigger rows
+SINK = 0.3  # a sink: one real key takes more than this share of the non-trigger rows
 
 
 def bos_norm(run: LabRunResult, layer: int, step: int | None = None) -> float:
@@ -85,16 +86,38 @@ class PeakLayers:
         return ", ".join(f"seed {s}: {layer}" for s, layer in sorted(self.by_seed.items()))
 
 
+def top_key_share(run: LabRunResult, layer: int) -> float:
+    """The top real key's share of what the non-trigger rows of ``layer`` spend: of the weight
+    on the real keys for sigmoid and ReLU attention (their rows need not sum to one), of the
+    whole row, slot included, for the variants with a place to park (weight parked on the slot
+    is no token's sink; its share is 1 - ``row_weight``, from the same layer and queries)."""
+    share = run.metric("heads", "top_key_share_of_weight_non_trigger", layer)
+    if run.meta.get("variant") in parking_variants():
+        share *= run.metric("heads", "row_weight_non_trigger", layer)
+    return share
+
+
+def slot_share(run: LabRunResult, layer: int) -> float:
+    """The weight the non-trigger rows of ``layer`` park off the tokens (0 without a slot)."""
+    if run.meta.get("variant") not in parking_variants():
+        return 0.0
+    return 1 - run.metric("heads", "row_weight_non_trigger", layer)
+
+
 def sink_layer(run: LabRunResult) -> int:
-    """The layer whose non-trigger queries put the largest row share on one key."""
-    return max(
-        range(run.n_layer()),
-        key=lambda i: run.metric("heads", "top_key_share_of_weight_non_trigger", i),
-    )
+    """The layer whose non-trigger rows put the largest share on one place: a real key or the
+    slot (kv_bias parks almost all of a layer's weight on its slot without BOS)."""
+    return max(range(run.n_layer()), key=lambda i: max(top_key_share(run, i), slot_share(run, i)))
 
 
 def sink_share(run: LabRunResult) -> float:
-    return run.metric("heads", "top_key_share_of_weight_non_trigger", sink_layer(run))
+    """The top real key's share at the sink layer."""
+    return top_key_share(run, sink_layer(run))
+
+
+def token_sink_share(run: LabRunResult) -> float:
+    """The largest share one real key takes in any layer: a sink on a token, wherever it is."""
+    return max(top_key_share(run, i) for i in range(run.n_layer()))
 
 
 def sun_ratio(run: LabRunResult) -> float:

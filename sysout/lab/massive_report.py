@@ -32,7 +32,9 @@ from sysout.lab.massive_metrics import (
     read_guo,
     sink_layer,
     sink_share,
+    slot_share,
     sun_ratio,
+    token_sink_share,
 )
 from sysout.lab.plans import BASELINE, configs, parking_variants
 from sysout.lab.runs import LabRunResult, shown
@@ -105,11 +107,13 @@ def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
     head = [
         "variant",
         "seeds",
-        "sink layer (mode)",
-        "top-key share of row (non-trigger)",
+        "sink layer (mode): most on one place, a token or the slot",
+        "there: slot's share of the row (non-trigger)",
+        "there: top real key's share of the row",
+        "there: top real key's share of the weight on tokens",
+        "top real key's share of the row, largest over layers",
         "top key at position 0 (share of sequences)",
         "modal top key: position (share of sequences x seeds)",
-        "weight off the tokens (slot)",
         "max abs h: modal position (share)",
         "Sun top-1 / median (max over layers)",
         "loss gap",
@@ -118,20 +122,19 @@ def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
     for name, runs in groups.items():
         runs = seeded(runs)
         at = lambda r, group, stat: r.metric(group, stat, sink_layer(r))
-        slot = (
-            spread([1 - at(r, "heads", "row_weight_non_trigger") for r in runs])
-            if name in parking_variants()
-            else "—"
-        )
+        parks = name in parking_variants()
+        on_tokens = spread([at(r, "heads", "top_key_share_of_weight_non_trigger") for r in runs])
         rows.append(
             [
                 name,
                 str(len(runs)),
                 f"L{Counter(sink_layer(r) for r in runs).most_common(1)[0][0]}",
+                spread([slot_share(r, sink_layer(r)) for r in runs]) if parks else "—",
                 spread([sink_share(r) for r in runs]),
+                on_tokens if parks else "= row",
+                spread([token_sink_share(r) for r in runs]),
                 spread([at(r, "attention", "top_key_first_token_share") for r in runs]),
                 _mode(_final_counts(runs, "top_key")),
-                slot,
                 _mode(_final_counts(runs, "argmax_position")),
                 spread([sun_ratio(r) for r in runs], 1),
                 spread([r.val_metric("val/loss_gap") for r in runs], 3),
@@ -235,8 +238,10 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         "Figures are mean ± sd [min–max] over seeds. Criteria: peak = BOS norm after the peak "
         f"layer > {PEAK_GROWTH}x its step-0 value; controls apart = softmax's BOS norm >= "
         f"{APART}x the control's for the same seed; on BOS = the layer's largest |h| on BOS in "
-        f">= {ON_BOS:.0%} of sequences; sink = top key > {SINK} of the non-trigger rows (each "
-        "row normalised to one: like with like for sigmoid and ReLU attention); peak layer = "
+        f">= {ON_BOS:.0%} of sequences; sink = one real key > {SINK} of what the non-trigger rows "
+        "spend (of the weight on tokens for sigmoid and ReLU attention, whose rows need not sum "
+        "to one; of the whole row for kv_bias, sink_logit and softmax1, so weight parked on "
+        "their slot is no token's sink); peak layer = "
         "the layer where BOS's norm stands out most from the median other token's at the end, "
         "chosen seed by seed; a control or factor is read at softmax's peak layer of its seed. "
         "Sun et al.'s element rule (|h| > 100 and 1000x the median) is not expected at this "
