@@ -92,9 +92,7 @@ def top_key_share(run: LabRunResult, layer: int) -> float:
     whole row, slot included, for the variants with a place to park (weight parked on the slot
     is no token's sink; its share is 1 - ``row_weight``, from the same layer and queries)."""
     share = run.metric("heads", "top_key_share_of_weight_non_trigger", layer)
-    if run.meta.get("variant") in parking_variants():
-        share *= run.metric("heads", "row_weight_non_trigger", layer)
-    return share
+    return share * (1 - slot_share(run, layer))
 
 
 def slot_share(run: LabRunResult, layer: int) -> float:
