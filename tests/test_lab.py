@@ -177,6 +177,54 @@ def test_no_bos_sink_is_judged_on_what_the_rows_spend_slot_included(tmp_path, pr
                           "0.60 ± 0.00 [0.60–0.60]"]  # fmt: skip
 
 
+def test_no_bos_peak_is_read_where_the_activation_stands_out_most(tmp_path, probe_scalars):
+    # each run's largest activation is described at the layer with the largest Sun top-1 /
+    # median, seed by seed: softmax's layer 1, sigmoid's layer 2 at seed 1 and layer 0 at seed 2
+    out, results = tmp_path / "out", tmp_path / "docs" / "massive-lab"
+    planted = {  # (variant, seed) -> (ratio per layer, |h| there, modal dim's share, class shares)
+        ("softmax", 1): ([5.0, 14.0, 12.0], 70.0, 1.0, {"ordinary": 0.75, "trigger": 0.25}),
+        ("softmax", 2): ([5.0, 16.0, 12.0], 80.0, 1.0, {"ordinary": 1.0}),
+        ("sigmoid", 1): ([5.0, 8.0, 600.0], 4000.0, 1.0, {"delimiter": 1.0}),
+        ("sigmoid", 2): ([30.0, 8.0, 20.0], 20.0, 0.5, {"trigger": 0.5, "ordinary": 0.25}),
+    }
+
+    def plant(variant, seed):
+        ratios, top, dim_share, classes = planted[variant, seed]
+        at = ratios.index(max(ratios))
+
+        def values(step):
+            got = {metric_key("activation", "ratio", i): r for i, r in enumerate(ratios)}
+            got[metric_key("residual", "argmax_abs", at)] = top
+            got[metric_key("residual", "argmax_dim_share", at)] = dim_share
+            for cls in ("bos", "trigger", "delimiter", "ordinary"):
+                key = metric_key("residual", f"argmax_class_share_{cls}", at)
+                got[key] = classes.get(cls, 0.0)
+            return got
+
+        return values
+
+    for seed in (1, 2):
+        collect_run(*fake_run(out, probe_scalars, "controls", "softmax", "softmax", seed, 3.0),
+                    results)  # fmt: skip
+    for variant, seed in planted:
+        record = {"experiment": "massive_lab", "plan": "nobos", "config": variant,
+                  "variant": variant, "seed": seed, "bos": False}  # fmt: skip
+        collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(variant, seed)), results)
+    text = write_report(results).read_text()
+    table = text[text.index("### Where the largest activation sits") :]
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| s")
+    }
+    soft = ["14.0, 16.0", "1, 1", "75.0 ± 7.1 [70.0–80.0]", "1.00 ± 0.00 [1.00–1.00]"]
+    assert cells["softmax"][1:7] == ["2", *soft, "ordinary 0.75, ordinary 1.00"]
+    sig = ["600.0, 30.0", "2, 0", "2010 ± 2814 [20.0–4000]", "0.75 ± 0.35 [0.50–1.00]"]
+    assert cells["sigmoid"][2:7] == [*sig, "delimiter 1.00, trigger 0.50"]
+    # the verdict compares the same figures: sigmoid's mean 315.0 is not below half of 15.0
+    assert "peak reduced (Sun top-1/median below half of softmax's, mean over seeds): no" in text
+
+
 def test_sweep_skips_only_runs_committed_by_the_same_command(tmp_path, monkeypatch):
     from sysout.lab import sweep
 

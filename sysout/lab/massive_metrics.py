@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sysout.lab.plans import parking_variants
 from sysout.lab.runs import LabRunResult
+from sysout.outliers.keys import metric_key
 
 GUO_FILE = "guo2024-bos-norm.csv"
 GUO_TOKENS_PER_STEP = 512 * 256  # their batch x sequence length
@@ -118,9 +119,27 @@ def token_sink_share(run: LabRunResult) -> float:
     return max(top_key_share(run, i) for i in range(run.n_layer()))
 
 
+def sun_layer(run: LabRunResult) -> int:
+    """The layer whose output has the largest Sun et al. top-1 / median |h|."""
+    return max(range(run.n_layer()), key=lambda i: run.metric("activation", "ratio", i))
+
+
 def sun_ratio(run: LabRunResult) -> float:
     """Sun et al.'s top-1 / median |h|, the largest over layers."""
-    return max(run.metric("activation", "ratio", i) for i in range(run.n_layer()))
+    return run.metric("activation", "ratio", sun_layer(run))
+
+
+CLASS_SHARE = "argmax_class_share_"
+
+
+def largest_class(run: LabRunResult, layer: int) -> tuple[str, float]:
+    """The token class that holds ``layer``'s largest |h| in most probe sequences, and its share
+    (the classes are the data's, as the probe logged them)."""
+    prefix = metric_key("residual", CLASS_SHARE, layer)
+    shares = {k[len(prefix) :]: v for k, v in run.final_stats().items() if k.startswith(prefix)}
+    if not shares:
+        return "—", float("nan")
+    return max(shares.items(), key=lambda kv: kv[1])
 
 
 def first_step_above(run: LabRunResult, layer: int, factor: float) -> int | None:

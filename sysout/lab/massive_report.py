@@ -28,11 +28,13 @@ from sysout.lab.massive_metrics import (
     bos_norm,
     bos_over_median,
     first_query_weight,
+    largest_class,
     peak_layer,
     read_guo,
     sink_layer,
     sink_share,
     slot_share,
+    sun_layer,
     sun_ratio,
     token_sink_share,
 )
@@ -85,14 +87,11 @@ def bos_table(groups: dict[str, list[LabRunResult]], at: PeakLayers, about: dict
     return markdown_table(head, rows)
 
 
-def _final_counts(runs: list[LabRunResult], column: str) -> Counter:
-    """Positions in ``column`` at the last step over the runs' probe sequences, each run at its
-    sink layer."""
+def _final_counts(runs: list[LabRunResult], column: str, layer_of) -> Counter:
+    """Positions in ``column`` at the last step over the runs' probe sequences, each run at
+    ``layer_of(run)``."""
     return Counter(
-        int(row[column])
-        for run in runs
-        for row in run.final
-        if int(row["layer"]) == sink_layer(run)
+        int(row[column]) for run in runs for row in run.final if int(row["layer"]) == layer_of(run)
     )
 
 
@@ -103,7 +102,8 @@ def _mode(counts: Counter) -> str:
     return f"{position} ({count / sum(counts.values()):.2f})"
 
 
-def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
+def nobos_sink_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
+    """Where each variant's attention goes without BOS: the slot, one token, or nowhere."""
     head = [
         "variant",
         "seeds",
@@ -114,8 +114,6 @@ def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
         "top real key's share of the row, largest over layers",
         "top key at position 0 (share of sequences)",
         "modal top key: position (share of sequences x seeds)",
-        "max abs h: modal position (share)",
-        "Sun top-1 / median (max over layers)",
         "loss gap",
     ]
     rows = []
@@ -134,10 +132,39 @@ def nobos_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
                 on_tokens if parks else "= row",
                 spread([token_sink_share(r) for r in runs]),
                 spread([at(r, "attention", "top_key_first_token_share") for r in runs]),
-                _mode(_final_counts(runs, "top_key")),
-                _mode(_final_counts(runs, "argmax_position")),
-                spread([sun_ratio(r) for r in runs], 1),
+                _mode(_final_counts(runs, "top_key", sink_layer)),
                 spread([r.val_metric("val/loss_gap") for r in runs], 3),
+            ]
+        )
+    return markdown_table(head, rows)
+
+
+def nobos_peak_table(groups: dict[str, list[LabRunResult]]) -> list[str]:
+    """Where each variant's largest activation sits without BOS, read at the layer with the
+    largest Sun top-1 / median, seed by seed."""
+    head = [
+        "variant",
+        "seeds",
+        "Sun top-1 / median, largest over layers (per seed)",
+        "its layer (per seed)",
+        "there: largest abs h (mean over sequences)",
+        "held by the run's modal dimension (share of sequences)",
+        "its commonest token class (share of sequences, per seed)",
+        "modal position (share of sequences x seeds)",
+    ]
+    rows = []
+    for name, runs in groups.items():
+        runs = seeded(runs)
+        rows.append(
+            [
+                name,
+                str(len(runs)),
+                ", ".join(f"{sun_ratio(r):.1f}" for r in runs),
+                ", ".join(str(sun_layer(r)) for r in runs),
+                spread([r.metric("residual", "argmax_abs", sun_layer(r)) for r in runs], 1),
+                spread([r.metric("residual", "argmax_dim_share", sun_layer(r)) for r in runs]),
+                ", ".join("{} {:.2f}".format(*largest_class(r, sun_layer(r))) for r in runs),
+                _mode(_final_counts(runs, "argmax_position", sun_layer)),
             ]
         )
     return markdown_table(head, rows)
@@ -257,7 +284,9 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         *bos_table(groups, at, about),
     ]
     if nobos:
-        lines += ["", "## Without BOS (`data.bos=false`)", "", *nobos_table(nobos)]
+        lines += ["", "## Without BOS (`data.bos=false`)", "", "### Where attention goes", ""]
+        lines += [*nobos_sink_table(nobos), "", "### Where the largest activation sits", ""]
+        lines += [*nobos_peak_table(nobos)]
     lines += ["", "## Figures", ""]
     for title, fig in figs:
         lines += [f"### {title}", "", f"![{title}]({fig.relative_to(md.parent).as_posix()})", ""]
