@@ -12,6 +12,7 @@ from pathlib import Path
 from sysout.lab.plans import parking_variants
 from sysout.lab.runs import LabRunResult
 from sysout.outliers.keys import metric_key
+from sysout.outliers.residual import CLASS_SHARE_PREFIX
 
 GUO_FILE = "guo2024-bos-norm.csv"
 GUO_TOKENS_PER_STEP = 512 * 256  # their batch x sequence length
@@ -129,13 +130,10 @@ def sun_ratio(run: LabRunResult) -> float:
     return run.metric("activation", "ratio", sun_layer(run))
 
 
-CLASS_SHARE = "argmax_class_share_"
-
-
 def largest_class(run: LabRunResult, layer: int) -> tuple[str, float]:
     """The token class that holds ``layer``'s largest |h| in most probe sequences, and its share
     (the classes are the data's, as the probe logged them)."""
-    prefix = metric_key("residual", CLASS_SHARE, layer)
+    prefix = metric_key("residual", CLASS_SHARE_PREFIX, layer)
     shares = {k[len(prefix) :]: v for k, v in run.final_stats().items() if k.startswith(prefix)}
     if not shares:
         return "—", float("nan")

@@ -25,6 +25,7 @@ from torch import Tensor
 from .rules import as_sequences
 
 DELIMITER_CLASS = "delimiter"
+CLASS_SHARE_PREFIX = "argmax_class_share_"  # + a class name: the share of sequences it holds
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class ResidualPeakStats:
             "argmax_first_delimiter_share": share(at_delim),
         }
         for cls in self.classes:
-            out[f"argmax_class_share_{cls}"] = share(self.argmax_classes.count(cls))
+            out[CLASS_SHARE_PREFIX + cls] = share(self.argmax_classes.count(cls))
         return out
 
 
