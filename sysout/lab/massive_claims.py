@@ -4,22 +4,27 @@ them into the report)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 
 from sysout.lab.massive_metrics import (
     APART,
+    CHANGED,
     GUO_TOKENS_PER_STEP,
     ON_BOS,
     PEAK_GROWTH,
     SINK,
+    STANDOUT,
     PeakLayers,
     attention_write_share,
     bos_growth,
     bos_norm,
     bos_over_median,
+    bos_standout,
+    changed,
     first_query_weight,
-    first_step_above,
+    formed_step,
     peak_layer,
     sun_ratio,
     token_sink_share,
@@ -92,9 +97,14 @@ def _guo_line(
     ]
 
 
-def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, at: PeakLayers):
+def _pairs(base: list[LabRunResult], runs: list[LabRunResult]):
+    """(softmax, other) runs of the same seed."""
     by_seed = {r.seed: r for r in runs}
-    pairs = [(r, by_seed[r.seed]) for r in base if r.seed in by_seed]
+    return [(r, by_seed[r.seed]) for r in base if r.seed in by_seed]
+
+
+def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, at: PeakLayers):
+    pairs = _pairs(base, runs)
     if not pairs:
         return []
     ratio = [bos_norm(r, at(r)) / bos_norm(c, at(c)) for r, c in pairs]
@@ -140,18 +150,38 @@ def _control_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str
     ]
 
 
-def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str, at: PeakLayers):
-    if not runs:
+def _later(softmax: int | None, factor: int | None) -> float:
+    """How many times later the factor's peak forms than softmax's (inf: it never does)."""
+    if softmax is None or factor is None:
+        return 1.0 if softmax == factor else (math.inf if factor is None else 0.0)
+    return factor / max(softmax, 1)
+
+
+def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str):
+    """Does one of sysout's departures from Guo change the peak's size, layer or timing? Each
+    run is read at its own peak layer, seed by seed against softmax (a factor may move it)."""
+    pairs = _pairs(base, runs)
+    if not pairs:
         return []
-    when = lambda rs: ", ".join(
-        "never" if (s := first_step_above(r, at(r), 1.5)) is None else str(s) for r in rs
-    )
+    mine = [f for _, f in pairs]
+    size = [bos_standout(f) / bos_standout(s) for s, f in pairs]
+    moved = sum(peak_layer(f) != peak_layer(s) for s, f in pairs)
+    later = [_later(formed_step(s), formed_step(f)) for s, f in pairs]
+    step = lambda r: "never" if (s := formed_step(r)) is None else str(s)
+    size_word = {1: "yes, larger", -1: "yes, smaller", 0: "no"}[changed(size)]
+    time_word = {1: "yes, later", -1: "yes, earlier", 0: "no"}[changed(later)]
     return [
-        f"- **Factor {name}**: BOS growth after {at.name} "
-        f"{spread([bos_growth(r, at(r)) for r in runs])} vs softmax "
-        f"{spread([bos_growth(r, at(r)) for r in base])}; peak layer per seed "
-        f"{[peak_layer(r) for r in seeded(runs)]} vs {[peak_layer(r) for r in base]}; first "
-        f"step above 1.5x: {when(seeded(runs))} vs {when(base)}."
+        f"- **Factor {name}** (seed by seed against softmax, each at its own peak layer; a "
+        f"change counts when every seed pair differs by more than {CHANGED}x the same way): "
+        f"changes the peak's size (BOS / median token): {size_word} — {name} "
+        f"{spread([bos_standout(f) for f in mine])} vs softmax "
+        f"{spread([bos_standout(s) for s, _ in pairs])}, {name} / softmax per seed "
+        f"{', '.join(fmt(x) for x in size)}; moves the peak layer (every seed pair): "
+        f"{'yes' if moved == len(pairs) else 'no'} — in {moved} of {len(pairs)} seed pairs "
+        f"(per seed {', '.join(str(peak_layer(f)) for f in mine)} vs "
+        f"{', '.join(str(peak_layer(s)) for s, _ in pairs)}); changes when it forms (first step "
+        f"BOS > {STANDOUT}x the median token): {time_word} — per seed "
+        f"{', '.join(map(step, mine))} vs {', '.join(step(s) for s, _ in pairs)}."
     ]
 
 
@@ -199,5 +229,5 @@ def claims(
     for name in CONTROLS[1:]:
         out += _control_claim(base, groups.get(name, []), name, at)
     for name in FACTORS:
-        out += _factor_claim(base, groups.get(name, []), name, at)
+        out += _factor_claim(base, groups.get(name, []), name)
     return out + _nobos_claims(nobos)

@@ -21,6 +21,8 @@ PEAK_GROWTH = 2.0  # a peak: BOS norm after the peak layer > this x its step-0 v
 APART = 3.0  # softmax's BOS norm at least this x a control's, seed by seed
 ON_BOS = 0.9  # the largest activation sits on BOS in at least this share of sequences
 SINK = 0.3  # a sink: one real key takes more than this share of the non-trigger rows
+STANDOUT = 1.5  # the peak has formed: BOS's norm after its peak layer > this x the median token's
+CHANGED = 1.25  # a factor changes a figure: every seed pair differs by more than this x, one way
 
 
 def bos_norm(run: LabRunResult, layer: int, step: int | None = None) -> float:
@@ -140,9 +142,27 @@ def largest_class(run: LabRunResult, layer: int) -> tuple[str, float]:
     return max(shares.items(), key=lambda kv: kv[1])
 
 
-def first_step_above(run: LabRunResult, layer: int, factor: float) -> int | None:
-    """The first probed step at which the BOS growth after ``layer`` exceeds ``factor``."""
-    return next((s for s in sorted(run.stats) if bos_growth(run, layer, s) > factor), None)
+def bos_standout(run: LabRunResult, step: int | None = None) -> float:
+    """BOS / the median token after the run's own peak layer: the peak's size. Unlike the
+    growth vs step 0 it does not depend on the init's scale (GPT-2's N(0, 0.02) embeddings
+    start BOS fifty times smaller than PyTorch's N(0, 1))."""
+    return bos_over_median(run, peak_layer(run), step)
+
+
+def formed_step(run: LabRunResult) -> int | None:
+    """The first probed step at which BOS stands out more than ``STANDOUT`` x after the run's
+    peak layer (None: never)."""
+    return next((s for s in sorted(run.stats) if bos_standout(run, s) > STANDOUT), None)
+
+
+def changed(ratios: list[float]) -> int:
+    """+1 when every seed pair's ratio (factor / softmax) is above ``CHANGED``, -1 when every
+    one is below 1 / ``CHANGED``, else 0: a change the seeds agree on, not one seed's luck."""
+    if ratios and min(ratios) > CHANGED:
+        return 1
+    if ratios and max(ratios) < 1 / CHANGED:
+        return -1
+    return 0
 
 
 def read_guo(folder: Path) -> dict[str, tuple[list[int], list[float]]]:

@@ -270,7 +270,8 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         "to one; of the whole row for kv_bias, sink_logit and softmax1, so weight parked on "
         "their slot is no token's sink); peak layer = "
         "the layer where BOS's norm stands out most from the median other token's at the end, "
-        "chosen seed by seed; a control or factor is read at softmax's peak layer of its seed. "
+        "chosen seed by seed; a control or factor is read at softmax's peak layer of its seed, "
+        "except in the factor verdicts, which read each run at its own (a factor may move it). "
         "Sun et al.'s element rule (|h| > 100 and 1000x the median) is not expected at this "
         "width: the lab reports norm ratios and Sun's top-1/median instead.",
         "",
