@@ -103,7 +103,7 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
                                   from_layer=late), results)  # fmt: skip
         collect_run(*fake_run(out, probe_scalars, "nobos", "softmax", "softmax", seed, 1.0, False),
                     results)  # fmt: skip
-    (results / "sweep.json").write_text(json.dumps({"sweeps": [{"jobs": 2}], "wall_s": 600.0}))
+    (results / "sweep.json").write_text(json.dumps({"sweeps": [{"jobs": 2, "wall_s": 900.0}]}))
     guo = "guo2024-bos-norm.csv"  # Guo et al.'s committed trajectories, as the report reads them
     (results / guo).write_text(
         (Path(__file__).parents[1] / "docs" / "results" / "massive-lab" / guo).read_text()
@@ -123,6 +123,7 @@ def test_massive_report_regenerates_from_the_committed_files(tmp_path, probe_sca
     assert "under 3.0x: seed 1: softmax 4.00x, relu_attention 1.50x." in text  # and only seed 1
     assert "| softmax | AdamW" not in text  # 'about' comes from the record: here the name
     assert "## Without BOS" in text
+    assert "2 at a time); sweep wall time 0.2 h over 1 invocation(s)" in text  # 900 s
     assert "- **Against Guo et al.** (their committed AdamW run" in text
     # what the plan still lacks, seed by seed (3 configurations x 3 seeds + no-BOS softmax x 3)
     assert "Coverage: 12 of the 65 planned runs" in text
@@ -309,6 +310,23 @@ def test_sweep_skips_only_runs_committed_by_the_same_command(tmp_path, monkeypat
     )
     (out / run.name / "run.json").unlink()
     assert sweep.run_one(run, out, results)["returncode"] == 1 and len(trained) == 2
+
+
+def test_sweep_wall_time_counts_invocations_that_ran_side_by_side_once(tmp_path):
+    from sysout.lab.sweep import record_sweep
+    from sysout.lab.text import busy_seconds
+
+    # 10:00-10:20 and 10:10-10:30 overlap (30 min in all); 11:00-11:05 stands apart; an
+    # invocation recorded without its end time (a reconstructed one) counts alone
+    sweeps = [{"wall_s": 1200.0, "ended": "2026-12-07 10:20:00"},
+              {"wall_s": 1200.0, "ended": "2026-12-07 10:30:00"},
+              {"wall_s": 300.0, "ended": "2026-12-07 11:05:00"}, {"wall_s": 60.0}]  # fmt: skip
+    assert busy_seconds(sweeps) == 1800.0 + 300.0 + 60.0
+    assert busy_seconds(sweeps[1::-1]) == 1800.0  # order of the file is not time order
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"sweeps": sweeps[:2]}))
+    record_sweep(path, 5.0, 1, 0, 1)  # ends now, long after: adds its own 5 s
+    assert json.loads(path.read_text())["wall_s"] == 1805.0
 
 
 def test_massive_lab_is_guos_setting_and_logs_the_residual_figures(compose_train, tmp_path):

@@ -222,8 +222,9 @@ def test_sink_report_from_committed_files(tmp_path, shared_dir) -> None:
         record = {"experiment": "sink_lab", "plan": "main", "config": variant,
                   "variant": variant, "seed": seed, "bos": True}  # fmt: skip
         collect_run(*fake_run(out, scalars, record, planted(share, value)), results)
-    (results / "sweep.json").write_text('{"sweeps": [{"jobs": 2}], "wall_s": 120.0}')
+    (results / "sweep.json").write_text('{"sweeps": [{"jobs": 2, "wall_s": 120.0}]}')
     text = write_report(results).read_text()
+    assert "sweep wall time 2 min (1 invocation(s))" in text
     assert "| softmax | 1 | 0.10 | 0.02 / 2.00 | 0.50 | 0.62 | 0.01 | 0.14 |" in text
     assert "| softmax | 2 | 0.10 | 0.02 / 2.00 | 0.44 | 0.55 | 0.01 | 0.21 |" in text
     assert "**Attention sink on BOS** (softmax, layer-0 non-trigger share > 0.3 in every " in text

@@ -11,7 +11,7 @@ from pathlib import Path
 from sysout.lab.plans import parking_variants
 from sysout.lab.runs import LabRunResult, shown
 from sysout.lab.sink_figures import longer_curves, sink_layer_value, training_curves
-from sysout.lab.text import coverage_line
+from sysout.lab.text import busy_seconds, coverage_line
 
 # The criteria the claims are judged by (stated in the report).
 SINK_SHARE = 0.3  # a sink: mean non-trigger weight on position 0 above this
@@ -230,7 +230,7 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         f"Runs: {len(main)} with BOS, {len(nobos)} without, {len(longer)} longer, seeds "
         f"{', '.join(map(str, seeds))}; {total / 60:.0f} minutes of run time in all (one thread "
         f"per run, {max((s['jobs'] for s in sweep['sweeps']), default=2)} at a time); sweep wall "
-        f"time {sweep.get('wall_s', float('nan')) / 60:.0f} min ({len(sweep['sweeps'])} "
+        f"time {busy_seconds(sweep['sweeps']) / 60:.0f} min ({len(sweep['sweeps'])} "
         f"invocation(s)). Machine: {runs[0].meta.get('machine', '?')}, torch "
         f"{runs[0].meta.get('torch', '?')}; two cores shared with other work, so wall times "
         "vary. Sink statistics from the probe's figures at its last step (8 fixed validation "

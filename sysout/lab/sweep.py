@@ -23,6 +23,7 @@ from pathlib import Path
 from sysout.attention import variant_names
 from sysout.lab.collect import collect_run
 from sysout.lab.plans import DEFAULT_SEEDS, DEFAULT_STEPS, EXPERIMENTS, PLANS, LabRun, lab_plan
+from sysout.lab.text import ENDED, busy_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,8 +103,8 @@ def record_sweep(path: Path, wall_s: float, runs: int, failed: int, jobs: int) -
     """Append this invocation to the sweep's history (a resumed or extended sweep adds up)."""
     history = json.loads(path.read_text()) if path.is_file() else {"sweeps": []}
     entry = {"wall_s": round(wall_s, 1), "runs": runs, "failed": failed, "jobs": jobs}
-    history["sweeps"].append({**entry, "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
-    history["wall_s"] = round(sum(s["wall_s"] for s in history["sweeps"]), 1)
+    history["sweeps"].append({**entry, "ended": time.strftime(ENDED)})
+    history["wall_s"] = round(busy_seconds(history["sweeps"]), 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(history, indent=1) + "\n")
 

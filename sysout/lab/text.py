@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
+import time
 from pathlib import Path
 
 from sysout.lab.plans import DEFAULT_SEEDS, PLANS, lab_plan
 from sysout.lab.runs import LabRunResult
+
+ENDED = "%Y-%m-%d %H:%M:%S"  # a sweep's end, as sweep.json records it (local time)
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -35,16 +39,30 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def busy_seconds(sweeps: list[dict]) -> float:
+    """Wall time the sweeps cover: invocations that ran side by side count once (each spans
+    ``wall_s`` up to its ``ended`` time; one without an end time counts alone)."""
+    total = sum(s["wall_s"] for s in sweeps if "ended" not in s)
+    reach = -math.inf
+    ends = [
+        (time.mktime(time.strptime(s["ended"], ENDED)), s["wall_s"]) for s in sweeps if "ended" in s
+    ]
+    for start, end in sorted((end - wall, end) for end, wall in ends):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
 def sweep_line(runs: list[LabRunResult], results: Path) -> str:
     """Run time, sweep wall time and machine, from the runs' records and ``sweep.json``."""
     path = results / "sweep.json"
-    sweep = json.loads(path.read_text()) if path.is_file() else {"sweeps": [], "wall_s": 0.0}
+    sweep = json.loads(path.read_text()) if path.is_file() else {"sweeps": []}
     jobs = max((s["jobs"] for s in sweep["sweeps"]), default=2)
     total = sum(r.wall_s for r in runs)
-    meta = runs[0].meta
+    meta, wall = runs[0].meta, busy_seconds(sweep["sweeps"])
     return (
         f"{total / 3600:.1f} CPU-hours of run time (one thread per run, {jobs} at a time); sweep "
-        f"wall time {sweep['wall_s'] / 3600:.1f} h over {len(sweep['sweeps'])} invocation(s), "
+        f"wall time {wall / 3600:.1f} h over {len(sweep['sweeps'])} invocation(s), "
         "on two cores shared with other work (wall times vary). Machine: "
         f"{meta.get('machine', '?')}, torch {meta.get('torch', '?')}."
     )
