@@ -278,6 +278,17 @@ def test_a_factor_is_judged_at_its_own_peak_layer_on_size_layer_and_timing(tmp_p
     assert "): no — per seed never, 100 vs 100, 100." in tied
     assert "size (BOS / median token): no — gpt2_init 3.00" in init
     assert "when it forms (first step BOS > 1.5x the median token): no" in init
+    # a factor whose BOS never stands out at any seed: no peak to time
+    out, results = tmp_path / "out2", tmp_path / "docs2" / "massive-lab"
+    planted |= {("gpt2_init", s): (0, (1.0, 1.1, 1.2)) for s in (1, 2)}
+    for config, seed in [("softmax", 1), ("softmax", 2), ("gpt2_init", 1), ("gpt2_init", 2)]:
+        plan = "controls" if config == "softmax" else "factors"
+        record = {"experiment": "massive_lab", "plan": plan, "config": config,
+                  "variant": "softmax", "seed": seed, "bos": True}  # fmt: skip
+        collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(config, seed)), results)
+    flat = next(line for line in write_report(results).read_text().splitlines()
+                if "Factor gpt2_init" in line)  # fmt: skip
+    assert "the median token): yes, it never forms — per seed never, never vs 100, 100." in flat
 
 
 def test_sweep_skips_only_runs_committed_by_the_same_command(tmp_path, monkeypatch):

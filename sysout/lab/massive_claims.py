@@ -173,6 +173,8 @@ def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str)
     step = lambda r: "never" if (s := formed_step(r)) is None else str(s)
     size_word = {1: "yes, larger", -1: "yes, smaller", 0: "no"}[changed(size)]
     time_word = {1: "yes, later", -1: "yes, earlier", 0: "no"}[changed(later)]
+    if all(map(math.isinf, later)):
+        time_word = "yes, it never forms"
     return [
         f"- **Factor {name}** (seed by seed against softmax, each at its own peak layer; a "
         f"change counts when every seed pair differs by more than {CHANGED}x the same way): "
