@@ -262,12 +262,14 @@ def test_a_factor_is_judged_at_its_own_peak_layer_on_size_layer_and_timing(tmp_p
         record = {"experiment": "massive_lab", "plan": plan, "config": config,
                   "variant": "softmax", "seed": seed, "bos": True}  # fmt: skip
         collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(config, seed)), results)
+    text = write_report(results).read_text()
     lines = {
-        line.split("**")[1]: line
-        for line in write_report(results).read_text().splitlines()
-        if line.startswith("- **Factor ")
+        line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **Factor ")
     }
     gelu, tied, init = (lines[f"Factor {n}"] for n in ("gelu", "tied", "gpt2_init"))
+    table = {line.split("|")[1].strip(): line.split("|")[4].strip()
+             for line in text.splitlines() if line.startswith("| ")}  # fmt: skip
+    assert table["gelu"] == "0, 1" and table["tied"] == "none, 0"  # the peak layer column
     assert "changes the peak's size (BOS / median token): yes, smaller — gelu 1.90" in gelu
     assert "gelu / softmax per seed 0.67, 0.60" in gelu
     assert "moves the peak layer (every seed pair where both have a peak): no — in 1 of 2 " in gelu

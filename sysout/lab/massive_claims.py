@@ -26,6 +26,7 @@ from sysout.lab.massive_metrics import (
     first_query_weight,
     formed_step,
     peak_layer,
+    peak_name,
     sun_ratio,
     token_sink_share,
 )
@@ -168,7 +169,6 @@ def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str)
     # a layer is only a peak's where BOS stands out: a run without one has no layer to move
     peaked = [(s, f) for s, f in pairs if formed_step(s) is not None and formed_step(f) is not None]
     moved = sum(peak_layer(f) != peak_layer(s) for s, f in peaked)
-    layer = lambda r: str(peak_layer(r)) if formed_step(r) is not None else "none"
     later = [_later(formed_step(s), formed_step(f)) for s, f in pairs]
     step = lambda r: "never" if (s := formed_step(r)) is None else str(s)
     size_word = {1: "yes, larger", -1: "yes, smaller", 0: "no"}[changed(size)]
@@ -183,8 +183,8 @@ def _factor_claim(base: list[LabRunResult], runs: list[LabRunResult], name: str)
         f"{spread([bos_standout(s) for s, _ in pairs])}, {name} / softmax per seed "
         f"{', '.join(fmt(x) for x in size)}; moves the peak layer (every seed pair where both "
         f"have a peak): {'yes' if peaked and moved == len(peaked) else 'no'} — in {moved} of "
-        f"{len(peaked)} (per seed {', '.join(map(layer, mine))} vs "
-        f"{', '.join(layer(s) for s, _ in pairs)}); changes when it forms (first step "
+        f"{len(peaked)} (per seed {', '.join(map(peak_name, mine))} vs "
+        f"{', '.join(peak_name(s) for s, _ in pairs)}); changes when it forms (first step "
         f"BOS > {STANDOUT}x the median token): {time_word} — per seed "
         f"{', '.join(map(step, mine))} vs {', '.join(step(s) for s, _ in pairs)}."
     ]

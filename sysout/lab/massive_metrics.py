@@ -155,6 +155,11 @@ def formed_step(run: LabRunResult) -> int | None:
     return next((s for s in sorted(run.stats) if bos_standout(run, s) > STANDOUT), None)
 
 
+def peak_name(run: LabRunResult) -> str:
+    """The run's peak layer, or 'none' where BOS never stands out (no peak to place)."""
+    return "none" if formed_step(run) is None else str(peak_layer(run))
+
+
 def changed(ratios: list[float]) -> int:
     """+1 when every seed pair's ratio (factor / softmax) is above ``CHANGED``, -1 when every
     one is below 1 / ``CHANGED``, else 0: a change the seeds agree on, not one seed's luck."""
