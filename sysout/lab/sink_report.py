@@ -5,13 +5,12 @@ figures per step, :mod:`sysout.lab.collect`); written by ``python -m sysout.lab.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sysout.lab.plans import parking_variants
 from sysout.lab.runs import LabRunResult, shown
 from sysout.lab.sink_figures import longer_curves, sink_layer_value, training_curves
-from sysout.lab.text import busy_seconds, coverage_line
+from sysout.lab.text import coverage_line, sweep_time
 
 # The criteria the claims are judged by (stated in the report).
 SINK_SHARE = 0.3  # a sink: mean non-trigger weight on position 0 above this
@@ -215,8 +214,7 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
     if longer:
         figs.append(("longer runs", longer_curves(longer, figdir / "longer.png")))
     total = sum(r.wall_s for r in runs)
-    path = results / "sweep.json"
-    sweep = json.loads(path.read_text()) if path.is_file() else {"sweeps": []}
+    jobs, wall, invocations = sweep_time(results)
     seeds = sorted({r.seed for r in runs})
     lines = [
         "# CPU laboratory: attention sinks on the Bigram-Backcopy task",
@@ -229,8 +227,7 @@ def write_report(runs: list[LabRunResult], results: Path, md: Path) -> Path:
         "",
         f"Runs: {len(main)} with BOS, {len(nobos)} without, {len(longer)} longer, seeds "
         f"{', '.join(map(str, seeds))}; {total / 60:.0f} minutes of run time in all (one thread "
-        f"per run, {max((s['jobs'] for s in sweep['sweeps']), default=2)} at a time); sweep wall "
-        f"time {busy_seconds(sweep['sweeps']) / 60:.0f} min ({len(sweep['sweeps'])} "
+        f"per run, {jobs} at a time); sweep wall time {wall / 60:.0f} min ({invocations} "
         f"invocation(s)). Machine: {runs[0].meta.get('machine', '?')}, torch "
         f"{runs[0].meta.get('torch', '?')}; two cores shared with other work, so wall times "
         "vary. Sink statistics from the probe's figures at its last step (8 fixed validation "

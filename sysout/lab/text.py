@@ -53,16 +53,22 @@ def busy_seconds(sweeps: list[dict]) -> float:
     return total
 
 
+def sweep_time(results: Path) -> tuple[int, float, int]:
+    """From ``sweep.json`` beside the runs: (most runs at a time, sweep wall time in seconds,
+    number of invocations); (2, 0, 0) when no sweep was recorded."""
+    path = results / "sweep.json"
+    sweeps = json.loads(path.read_text())["sweeps"] if path.is_file() else []
+    return max((s["jobs"] for s in sweeps), default=2), busy_seconds(sweeps), len(sweeps)
+
+
 def sweep_line(runs: list[LabRunResult], results: Path) -> str:
     """Run time, sweep wall time and machine, from the runs' records and ``sweep.json``."""
-    path = results / "sweep.json"
-    sweep = json.loads(path.read_text()) if path.is_file() else {"sweeps": []}
-    jobs = max((s["jobs"] for s in sweep["sweeps"]), default=2)
+    jobs, wall, invocations = sweep_time(results)
     total = sum(r.wall_s for r in runs)
-    meta, wall = runs[0].meta, busy_seconds(sweep["sweeps"])
+    meta = runs[0].meta
     return (
         f"{total / 3600:.1f} CPU-hours of run time (one thread per run, {jobs} at a time); sweep "
-        f"wall time {wall / 3600:.1f} h over {len(sweep['sweeps'])} invocation(s), "
+        f"wall time {wall / 3600:.1f} h over {invocations} invocation(s), "
         "on two cores shared with other work (wall times vary). Machine: "
         f"{meta.get('machine', '?')}, torch {meta.get('torch', '?')}."
     )
