@@ -31,6 +31,14 @@ def probe_scalars() -> dict[str, float]:
     return {k: v for k, v in report.scalars().items() if kept(k)}
 
 
+def run_record(
+    experiment: str, plan: str, config: str, seed: int, variant: str | None = None, bos: bool = True
+) -> dict:
+    """What the sweep records for one run (its variant is the config's name unless given)."""
+    return {"experiment": experiment, "plan": plan, "config": config,
+            "variant": variant or config, "seed": seed, "bos": bos}  # fmt: skip
+
+
 def fake_run(
     out: Path,
     scalars: dict[str, float],

@@ -67,8 +67,7 @@ def fake_run(
             out[metric_key("residual", "other_norm_median", layer)] = 5.0
         return out
 
-    record = {"experiment": "massive_lab", "plan": plan, "config": config, "variant": variant,
-              "seed": seed, "bos": bos}  # fmt: skip
+    record = lab_fakes.run_record("massive_lab", plan, config, seed, variant, bos)
     return lab_fakes.fake_run(out, scalars, record, plant)
 
 
@@ -160,8 +159,7 @@ def test_no_bos_sink_is_judged_on_what_the_rows_spend_slot_included(tmp_path, pr
         collect_run(*fake_run(out, probe_scalars, "controls", "softmax", "softmax", seed, 3.0),
                     results)  # fmt: skip
         for variant in heads:
-            record = {"experiment": "massive_lab", "plan": "nobos", "config": variant,
-                      "variant": variant, "seed": seed, "bos": False}  # fmt: skip
+            record = lab_fakes.run_record("massive_lab", "nobos", variant, seed, bos=False)
             collect_run(*lab_fakes.fake_run(out, probe_scalars, record, planted(variant)), results)
     text = write_report(results).read_text()
     assert "**Without BOS, softmax still makes a sink** (one real key takes > 0.3" in text
@@ -208,8 +206,7 @@ def test_no_bos_peak_is_read_where_the_activation_stands_out_most(tmp_path, prob
         collect_run(*fake_run(out, probe_scalars, "controls", "softmax", "softmax", seed, 3.0),
                     results)  # fmt: skip
     for variant, seed in planted:
-        record = {"experiment": "massive_lab", "plan": "nobos", "config": variant,
-                  "variant": variant, "seed": seed, "bos": False}  # fmt: skip
+        record = lab_fakes.run_record("massive_lab", "nobos", variant, seed, bos=False)
         collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(variant, seed)), results)
     text = write_report(results).read_text()
     table = text[text.index("### Where the largest activation sits") :]
@@ -257,12 +254,15 @@ def test_a_factor_is_judged_at_its_own_peak_layer_on_size_layer_and_timing(tmp_p
 
         return values
 
-    for config, seed in planted:
-        plan = "controls" if config == "softmax" else "factors"
-        record = {"experiment": "massive_lab", "plan": plan, "config": config,
-                  "variant": "softmax", "seed": seed, "bos": True}  # fmt: skip
-        collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(config, seed)), results)
-    text = write_report(results).read_text()
+    def report(runs, out, results):
+        for config, seed in runs:
+            plan = "controls" if config == "softmax" else "factors"
+            record = lab_fakes.run_record("massive_lab", plan, config, seed, "softmax")
+            collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(config, seed)),
+                        results)  # fmt: skip
+        return write_report(results).read_text()
+
+    text = report(planted, out, results)
     lines = {
         line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **Factor ")
     }
@@ -283,13 +283,10 @@ def test_a_factor_is_judged_at_its_own_peak_layer_on_size_layer_and_timing(tmp_p
     # a factor whose BOS never stands out at any seed: no peak to time
     out, results = tmp_path / "out2", tmp_path / "docs2" / "massive-lab"
     planted |= {("gpt2_init", s): (0, (1.0, 1.1, 1.2)) for s in (1, 2)}
-    for config, seed in [("softmax", 1), ("softmax", 2), ("gpt2_init", 1), ("gpt2_init", 2)]:
-        plan = "controls" if config == "softmax" else "factors"
-        record = {"experiment": "massive_lab", "plan": plan, "config": config,
-                  "variant": "softmax", "seed": seed, "bos": True}  # fmt: skip
-        collect_run(*lab_fakes.fake_run(out, probe_scalars, record, plant(config, seed)), results)
-    flat = next(line for line in write_report(results).read_text().splitlines()
-                if "Factor gpt2_init" in line)  # fmt: skip
+    text = report(
+        [("softmax", 1), ("softmax", 2), ("gpt2_init", 1), ("gpt2_init", 2)], out, results
+    )
+    flat = next(line for line in text.splitlines() if "Factor gpt2_init" in line)
     assert "the median token): yes, it never forms — per seed never, never vs 100, 100." in flat
 
 

@@ -187,7 +187,7 @@ def test_the_probes_sink_figures_match_a_direct_computation(shared_dir, variant:
 
 
 def test_sink_report_from_committed_files(tmp_path, shared_dir) -> None:
-    from lab_fakes import fake_run, probe_scalars
+    from lab_fakes import fake_run, probe_scalars, run_record
 
     from sysout.lab.collect import collect_run
     from sysout.lab.report import write_report
@@ -219,8 +219,7 @@ def test_sink_report_from_committed_files(tmp_path, shared_dir) -> None:
 
     for variant, seed, share, value in (("softmax", 1, 0.62, 0.14), ("softmax", 2, 0.55, 0.21),
                                         ("sigmoid", 1, 0.02, 0.9)):  # fmt: skip
-        record = {"experiment": "sink_lab", "plan": "main", "config": variant,
-                  "variant": variant, "seed": seed, "bos": True}  # fmt: skip
+        record = run_record("sink_lab", "main", variant, seed)
         collect_run(*fake_run(out, scalars, record, planted(share, value)), results)
     (results / "sweep.json").write_text('{"sweeps": [{"jobs": 2, "wall_s": 120.0}]}')
     text = write_report(results).read_text()

@@ -152,7 +152,8 @@ def bos_standout(run: LabRunResult, step: int | None = None) -> float:
 def formed_step(run: LabRunResult) -> int | None:
     """The first probed step at which BOS stands out more than ``STANDOUT`` x after the run's
     peak layer (None: never)."""
-    return next((s for s in sorted(run.stats) if bos_standout(run, s) > STANDOUT), None)
+    layer = peak_layer(run)
+    return next((s for s in sorted(run.stats) if bos_over_median(run, layer, s) > STANDOUT), None)
 
 
 def peak_name(run: LabRunResult) -> str:
